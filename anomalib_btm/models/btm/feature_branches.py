@@ -1,0 +1,229 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""BTM's two feature branches: RGB patch features from a frozen CNN and FPFH patch features of the cloud.
+
+Both branches end on the same patch grid (28 × 28 for a 224 × 224 input) so that their features can be
+concatenated per patch into one memory-bank vector.
+
+* :class:`RGBBranch` — a frozen timm ``features_only`` backbone (``wide_resnet50_2`` layer2 + layer3 by
+  default), a 3 × 3 mean with stride 1 and **padding 1** on each map (BTM; BTF had no padding), every map
+  brought to the grid of the first layer with adaptive average pooling (BTF's resize), concatenated.
+* :class:`XYZBranch` — the organized point cloud brought to the image size with **nearest**
+  interpolation (bilinear would mix valid points with the zero background and invent points), FPFH per
+  valid point (zeros elsewhere), the same 3 × 3 mean, then average-pooled down to the patch grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from anomalib.models.components import TimmFeatureExtractor
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from anomalib_btm.features.fpfh import FPFH_DIM, compute_fpfh
+
+logger = logging.getLogger(__name__)
+
+FPFH_BACKENDS: tuple[str, ...] = ("open3d", "torch")
+
+
+def resize_features(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize feature maps exactly as ``AdaptiveAvgPool2d(size)`` does, with export-friendly ops.
+
+    Integer down-scaling is an average pool, integer up-scaling a replication (what adaptive average pooling
+    computes in both cases); other ratios fall back to ``adaptive_avg_pool2d``.
+
+    Args:
+        features (torch.Tensor): ``(B, C, H, W)`` maps.
+        size (tuple[int, int]): Target ``(h, w)``.
+
+    Returns:
+        torch.Tensor: ``(B, C, h, w)`` maps.
+    """
+    in_h, in_w = features.shape[-2:]
+    out_h, out_w = size
+    if (in_h, in_w) == (out_h, out_w):
+        return features
+    if in_h % out_h == 0 and in_w % out_w == 0:
+        return F.avg_pool2d(features, kernel_size=(in_h // out_h, in_w // out_w))
+    if out_h % in_h == 0 and out_w % in_w == 0:
+        return features.repeat_interleave(out_h // in_h, dim=-2).repeat_interleave(out_w // in_w, dim=-1)
+    return F.adaptive_avg_pool2d(features, (out_h, out_w))
+
+
+def resize_xyz(xyz: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize an organized point cloud with nearest interpolation (no invented points).
+
+    Args:
+        xyz (torch.Tensor): ``(B, 3, H, W)`` cloud, zeros at missing points.
+        size (tuple[int, int]): Target ``(h, w)``.
+
+    Returns:
+        torch.Tensor: ``(B, 3, h, w)`` cloud whose points are all points of the input.
+    """
+    if tuple(xyz.shape[-2:]) == tuple(size):
+        return xyz
+    return F.interpolate(xyz, size=tuple(size), mode="nearest")
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path, backbone: str) -> None:
+    """Load a local weights file into a timm ``features_only`` backbone.
+
+    The file is a ``torch.save``d state_dict of the timm model or of its ``features_only`` variant (optionally
+    wrapped in ``{"state_dict": ...}``). Keys the feature layers do not use (the classifier, later stages) are
+    ignored; every key the feature layers need must be present with the right shape.
+
+    Args:
+        model (nn.Module): The timm feature model.
+        path (str | Path): Weights file.
+        backbone (str): Backbone name, for error messages.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not a state_dict or does not match the backbone.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        msg = (
+            f"pre_trained={str(path)!r}: no such weights file. Pass pre_trained=True to download the ImageNet "
+            "weights, or the path to a torch.save()d state_dict of the timm backbone."
+        )
+        raise FileNotFoundError(msg)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        msg = f"pre_trained={str(path)!r}: could not read the weights file ({error}). Save it with torch.save(state_dict)."
+        raise ValueError(msg) from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        msg = f"pre_trained={str(path)!r}: the file does not hold a state_dict (a mapping of names to tensors)."
+        raise ValueError(msg)
+    own = model.state_dict()
+    missing = [key for key in own if key not in state and not key.endswith("num_batches_tracked")]
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
+        for key in own
+        if key in state and state[key].shape != own[key].shape
+    ]
+    if missing or mismatched:
+        details = "; ".join(
+            ([f"{len(missing)} missing keys, e.g. {missing[:3]}"] if missing else [])
+            + ([f"{len(mismatched)} shape mismatches, e.g. {mismatched[:2]}"] if mismatched else []),
+        )
+        msg = (
+            f"pre_trained={str(path)!r} does not match backbone {backbone!r} ({details}). "
+            "Pass weights saved from the same timm architecture, or set backbone to the one the file was saved from."
+        )
+        raise ValueError(msg)
+    model.load_state_dict({key: state[key] for key in own if key in state}, strict=False)
+
+
+class RGBBranch(nn.Module):
+    """Frozen CNN patch features.
+
+    Args:
+        backbone (str): timm model name. Defaults to ``"wide_resnet50_2"``.
+        layers (Sequence[str]): Feature layers; the first one sets the patch grid.
+        pre_trained (bool | str): ``True`` for timm's ImageNet weights, ``False`` for random weights, or the
+            path of a local weights file (see :func:`load_backbone_weights`).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        pre_trained: bool | str = True,
+    ) -> None:
+        super().__init__()
+        layers = list(layers)
+        if not layers:
+            msg = "layers must name at least one backbone layer, e.g. ('layer2', 'layer3')."
+            raise ValueError(msg)
+        weights_file = pre_trained if isinstance(pre_trained, str | Path) else None
+        self.extractor = TimmFeatureExtractor(
+            backbone=backbone,
+            layers=list(layers),
+            pre_trained=bool(pre_trained) and weights_file is None,
+        ).eval()
+        if list(self.extractor.layers) != layers:
+            dropped = [layer for layer in layers if layer not in self.extractor.layers]
+            msg = f"layers: {dropped} not found in backbone {backbone!r}. See timm's feature_info for layer names."
+            raise ValueError(msg)
+        if weights_file is not None:
+            load_backbone_weights(self.extractor.feature_extractor, weights_file, backbone)
+        for parameter in self.extractor.parameters():
+            parameter.requires_grad_(False)
+        self.layers = layers
+        self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
+        self.out_dim = int(sum(self.extractor.out_dims))
+
+    def train(self, mode: bool = True) -> RGBBranch:  # noqa: ARG002
+        """Keep the frozen backbone in eval mode (batch-norm statistics stay ImageNet's).
+
+        Args:
+            mode (bool): Ignored.
+
+        Returns:
+            RGBBranch: ``self``.
+        """
+        return super().train(False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Extract patch features.
+
+        Args:
+            image (torch.Tensor): ``(B, 3, H, W)`` normalised images.
+
+        Returns:
+            torch.Tensor: ``(B, C, H/s, W/s)`` patch features on the grid of the first layer.
+        """
+        with torch.no_grad():
+            features = self.extractor(image)
+        maps = [self.pooler(features[layer]) for layer in self.layers]
+        grid = tuple(maps[0].shape[-2:])
+        return torch.cat([resize_features(fmap, grid) for fmap in maps], dim=1)
+
+
+class XYZBranch(nn.Module):
+    """FPFH patch features of the organized point cloud.
+
+    Args:
+        fpfh_backend (str): ``"open3d"`` (the reference) or ``"torch"``.
+        voxel_size (float): BTF's voxel size in metres; normals use radius ``2·voxel`` (30 NN), FPFH
+            ``5·voxel`` (100 NN).
+    """
+
+    out_dim = FPFH_DIM
+
+    def __init__(self, fpfh_backend: str = "open3d", voxel_size: float = 0.05) -> None:
+        super().__init__()
+        if fpfh_backend not in FPFH_BACKENDS:
+            msg = f"fpfh_backend must be one of {FPFH_BACKENDS}, got {fpfh_backend!r}."
+            raise ValueError(msg)
+        if voxel_size <= 0:
+            msg = f"voxel_size must be positive (metres), got {voxel_size}."
+            raise ValueError(msg)
+        self.fpfh_backend = fpfh_backend
+        self.voxel_size = voxel_size
+        self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
+
+    def forward(self, xyz: torch.Tensor, image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+        """Extract patch features.
+
+        Args:
+            xyz (torch.Tensor): ``(B, 3, Hx, Wx)`` organized cloud in metres, zeros at missing points.
+            image_size (tuple[int, int]): Working size the cloud is resized to (the RGB input size).
+            grid (tuple[int, int]): Patch grid ``(h, w)``.
+
+        Returns:
+            torch.Tensor: ``(B, 33, h, w)`` patch features.
+        """
+        xyz = resize_xyz(xyz.float(), image_size)
+        fpfh = compute_fpfh(xyz, backend=self.fpfh_backend, voxel_size=self.voxel_size)
+        return resize_features(self.pooler(fpfh), grid)

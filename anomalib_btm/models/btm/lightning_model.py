@@ -1,0 +1,266 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""BTM: Back to the Metrics — RGB + 3D anomaly detection with dual-k scoring.
+
+BTM (Lin & Li, Appl. Sci. 2024) keeps BTF's features — ImageNet CNN patch features of the RGB image and FPFH
+descriptors of the organized point cloud, concatenated per patch into one coreset memory bank — and changes
+the metrics: the image score is the maximum over patches of the **1-NN** distance, the pixel map the mean of
+squared distances to the **3** nearest bank features, blurred with a Gaussian (kernel 15, σ 4).
+
+Example:
+    >>> from anomalib.data import MVTec3D
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_btm import BTM
+    >>> datamodule = MVTec3D(root="./datasets/MVTec3D", category="bagel")
+    >>> model = BTM()
+    >>> engine = Engine()
+    >>> engine.fit(model=model, datamodule=datamodule)  # doctest: +SKIP
+    >>> engine.test(model=model, datamodule=datamodule)  # doctest: +SKIP
+
+Paper: https://doi.org/10.3390/app14167016
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.models.components import AnomalibModule, MemoryBankMixin
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from .torch_model import BTMModel
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BTM(MemoryBankMixin, AnomalibModule):
+    """BTM Lightning module.
+
+    Args:
+        backbone (str): timm backbone of the RGB branch. Defaults to ``"wide_resnet50_2"``.
+        layers (Sequence[str]): Backbone layers. Defaults to ``("layer2", "layer3")``.
+        pre_trained (bool | str): ImageNet weights (``True``), random weights (``False``) or the path of a local
+            weights file (a ``torch.save``d state_dict of the timm model or its ``features_only`` variant).
+        modality (str): ``"auto"`` (uses XYZ when batches carry a ``depth_map``), ``"rgb"``, ``"xyz"`` or
+            ``"rgb+xyz"``. Defaults to ``"auto"``.
+        coreset_sampling_ratio (float): Fraction of training patches kept in the memory bank. Defaults to ``0.1``.
+        k_image (int): Neighbours for the image score. Defaults to ``1`` (BTM).
+        k_pixel (int): Neighbours for the pixel map. Defaults to ``3`` (BTM).
+        pixel_metric (str): ``"squared_mean"`` (BTM) or ``"mean"``.
+        image_score (str): ``"nearest"`` (BTM) or ``"reweighted"`` (BTF/PatchCore, for comparison).
+        fpfh_backend (str): ``"open3d"`` (reference) or ``"torch"``.
+        voxel_size (float): FPFH voxel size in metres (normals radius 2·voxel, FPFH radius 5·voxel).
+        blur_kernel_size (int): Gaussian kernel size of the anomaly map. Defaults to ``15``.
+        blur_sigma (float): Gaussian sigma of the anomaly map. Defaults to ``4.0``.
+        pre_processor (PreProcessor | bool): Pre-processor, or ``True`` for the default (resize to 224, ImageNet
+            normalisation).
+        post_processor (PostProcessor | bool): Post-processor, or ``True`` for the default.
+        evaluator (Evaluator | bool): Evaluator, or ``True`` for the default (image AUROC and F1, pixel AUROC,
+            pixel AUPRO at FPR 0.3).
+        visualizer (Visualizer | bool): Visualizer, or ``True`` for the default.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        pre_trained: bool | str = True,
+        modality: str = "auto",
+        coreset_sampling_ratio: float = 0.1,
+        k_image: int = 1,
+        k_pixel: int = 3,
+        pixel_metric: str = "squared_mean",
+        image_score: str = "nearest",
+        fpfh_backend: str = "open3d",
+        voxel_size: float = 0.05,
+        blur_kernel_size: int = 15,
+        blur_sigma: float = 4.0,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        if not 0.0 < coreset_sampling_ratio <= 1.0:
+            msg = f"coreset_sampling_ratio must be in (0, 1], got {coreset_sampling_ratio}."
+            raise ValueError(msg)
+        self.model: BTMModel = BTMModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            modality=modality,
+            k_image=k_image,
+            k_pixel=k_pixel,
+            pixel_metric=pixel_metric,
+            image_score=image_score,
+            fpfh_backend=fpfh_backend,
+            voxel_size=voxel_size,
+            blur_kernel_size=blur_kernel_size,
+            blur_sigma=blur_sigma,
+        )
+        self.coreset_sampling_ratio = coreset_sampling_ratio
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Default pre-processor: resize to 224 × 224 and ImageNet normalisation (no crop: XYZ stays aligned).
+
+        Args:
+            image_size (tuple[int, int] | None): Working size. Defaults to ``(224, 224)``.
+
+        Returns:
+            PreProcessor: The pre-processor.
+        """
+        image_size = image_size or (224, 224)
+        transform = Compose([Resize(image_size, antialias=True), Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+        return PreProcessor(transform=transform)
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Default evaluator: image AUROC, image F1, pixel AUROC and pixel AUPRO integrated to FPR 0.3.
+
+        Returns:
+            Evaluator: The evaluator.
+        """
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
+        ]
+        return Evaluator(test_metrics=test_metrics)
+
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """Default post-processor of one-class models (score normalisation and thresholds).
+
+        Returns:
+            PostProcessor: The post-processor.
+        """
+        return PostProcessor()
+
+    @staticmethod
+    def configure_optimizers() -> None:
+        """BTM trains no weights.
+
+        Returns:
+            None
+        """
+        return
+
+    @staticmethod
+    def _inputs(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The RGB image and, when the batch carries one, the organized point cloud.
+
+        Args:
+            batch (Batch): An anomalib ``ImageBatch`` or ``DepthBatch``.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor | None]: ``image`` and ``depth_map`` (or ``None``).
+        """
+        return batch.image, getattr(batch, "depth_map", None)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
+        """Collect the patch embeddings of a training batch.
+
+        Args:
+            batch (Batch): Training batch.
+            *args: Unused.
+            **kwargs: Unused.
+
+        Returns:
+            torch.Tensor: A dummy loss for Lightning.
+        """
+        del args, kwargs
+        self.model(*self._inputs(batch))
+        return torch.tensor(0.0, requires_grad=True, device=self.device)
+
+    def fit(self) -> None:
+        """Build the memory bank: greedy k-center coreset of the collected patch embeddings."""
+        logger.info("Applying core-set subsampling to get the embedding.")
+        self.model.subsample_embedding(self.coreset_sampling_ratio, progress=self._show_progress())
+
+    def _show_progress(self) -> bool:
+        trainer = getattr(self, "_trainer", None)
+        return bool(trainer is not None and getattr(trainer, "progress_bar_callback", None) is not None)
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
+        """Score a batch: ``pred_score`` and ``anomaly_map``.
+
+        Args:
+            batch (Batch): Input batch.
+            *args: Unused.
+            **kwargs: Unused.
+
+        Returns:
+            STEP_OUTPUT: The batch with predictions.
+        """
+        del args, kwargs
+        predictions = self.model(*self._inputs(batch))
+        return batch.update(**predictions._asdict())
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
+        """Score a test batch (see :meth:`validation_step`).
+
+        Args:
+            batch (Batch): Input batch.
+            *args: Unused.
+            **kwargs: Unused.
+
+        Returns:
+            STEP_OUTPUT: The batch with predictions.
+        """
+        return self.validation_step(batch, *args, **kwargs)
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
+        """Score a predict batch (see :meth:`validation_step`).
+
+        Args:
+            batch (Batch): Input batch.
+            *args: Unused.
+            **kwargs: Unused.
+
+        Returns:
+            STEP_OUTPUT: The batch with predictions.
+        """
+        return self.validation_step(batch, *args, **kwargs)
+
+    def on_test_end(self) -> None:
+        """Log the accumulated per-phase timings."""
+        logger.info("BTM timings:\n%s", self.model.timer.summary())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """One epoch, no gradient clipping, no sanity validation (it would fit an empty bank), one device.
+
+        Returns:
+            dict[str, Any]: Trainer arguments.
+        """
+        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """BTM learns from normal samples only.
+
+        Returns:
+            LearningType: ``LearningType.ONE_CLASS``.
+        """
+        return LearningType.ONE_CLASS
