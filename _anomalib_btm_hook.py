@@ -6,7 +6,7 @@
 anomalib resolves bare model names (``anomalib train --model BTM``, ``get_model("BTM")``) only among classes
 that are already imported, and has no plugin entry points. The installed ``anomalib_btm.pth`` imports this tiny
 module at interpreter start-up; it adds one meta-path finder that does nothing until ``anomalib.models`` is
-imported, and then imports ``anomalib_btm`` (which registers ``BTM``). Programs that never import anomalib pay
+imported, and then imports ``anomalib_btm.models`` (which registers ``BTM``). Programs that never import anomalib pay
 one string comparison per first import of a module.
 
 Set ``ANOMALIB_BTM_NO_HOOK=1`` to disable it.
@@ -22,7 +22,7 @@ import sys
 from types import ModuleType
 
 _TRIGGER = "anomalib.models"
-_PLUGIN = "anomalib_btm"
+_PLUGIN = "anomalib_btm.models"
 
 
 class _Loader(importlib.abc.Loader):

@@ -3,27 +3,37 @@
 
 """anomalib_btm: the BTM (Back to the Metrics) RGB + 3D anomaly detector as an anomalib model.
 
-Importing the package registers :class:`BTM` with anomalib, so that ``anomalib train --model BTM``,
+Importing :mod:`anomalib_btm.models` registers :class:`BTM` with anomalib, so that ``anomalib train --model BTM``,
 ``anomalib.models.get_model("BTM")`` and ``{"class_path": "BTM"}`` configs find it. The installed
-``anomalib_btm.pth`` imports the package automatically when ``anomalib.models`` is imported.
+``anomalib_btm.pth`` imports it automatically when ``anomalib.models`` is imported.
 """
 
 from __future__ import annotations
 
-from .models import BTM, BTMModel
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["BTM", "BTMModel", "__version__"]
 
-
-def _register_with_anomalib() -> None:
-    """Expose :class:`BTM` as ``anomalib.models.BTM`` (anomalib looks models up there by name)."""
-    import anomalib.models
-
-    if getattr(anomalib.models, "BTM", None) is not BTM:
-        anomalib.models.BTM = BTM  # type: ignore[attr-defined]
-        if hasattr(anomalib.models, "__all__") and "BTM" not in anomalib.models.__all__:
-            anomalib.models.__all__.append("BTM")
+if TYPE_CHECKING:
+    from .models import BTM, BTMModel
 
 
-_register_with_anomalib()
+def __getattr__(name: str) -> Any:  # noqa: ANN401
+    """Import the model lazily, so that ``python -m anomalib_btm.data.synthetic`` does not load anomalib.
+
+    Args:
+        name (str): Attribute name.
+
+    Returns:
+        Any: The attribute.
+
+    Raises:
+        AttributeError: For unknown names.
+    """
+    if name in {"BTM", "BTMModel"}:
+        from . import models
+
+        return getattr(models, name)
+    msg = f"module 'anomalib_btm' has no attribute {name!r}"
+    raise AttributeError(msg)

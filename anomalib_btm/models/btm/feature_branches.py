@@ -71,6 +71,27 @@ def resize_xyz(xyz: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(xyz, size=tuple(size), mode="nearest")
 
 
+def _is_extra_block(model: nn.Module, key: str) -> bool:
+    """Whether ``key`` names a block inside a stage the model has, but that the model lacks (a deeper variant).
+
+    Keys of stages the feature model dropped altogether (``layer4``, ``fc``) are not extra blocks: they are unused.
+
+    Args:
+        model (nn.Module): The feature model.
+        key (str): A state_dict key absent from the model.
+
+    Returns:
+        bool: ``True`` if the key belongs to an extra block of an existing container (``layer2.3`` in a resnet18).
+    """
+    module = model
+    for depth, part in enumerate(key.split(".")[:-1]):
+        child = getattr(module, part, None) if part in dict(module.named_children()) else None
+        if child is None:
+            return depth > 0 and isinstance(module, nn.Sequential | nn.ModuleList | nn.ModuleDict)
+        module = child
+    return False
+
+
 def load_backbone_weights(model: nn.Module, path: str | Path, backbone: str) -> None:
     """Load a local weights file into a timm ``features_only`` backbone.
 
@@ -105,16 +126,18 @@ def load_backbone_weights(model: nn.Module, path: str | Path, backbone: str) -> 
         msg = f"pre_trained={str(path)!r}: the file does not hold a state_dict (a mapping of names to tensors)."
         raise ValueError(msg)
     own = model.state_dict()
+    extra_blocks = sorted({key.rsplit(".", 1)[0] for key in state if key not in own and _is_extra_block(model, key)})
     missing = [key for key in own if key not in state and not key.endswith("num_batches_tracked")]
     mismatched = [
         f"{key}: file {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
         for key in own
         if key in state and state[key].shape != own[key].shape
     ]
-    if missing or mismatched:
+    if missing or mismatched or extra_blocks:
         details = "; ".join(
             ([f"{len(missing)} missing keys, e.g. {missing[:3]}"] if missing else [])
-            + ([f"{len(mismatched)} shape mismatches, e.g. {mismatched[:2]}"] if mismatched else []),
+            + ([f"{len(mismatched)} shape mismatches, e.g. {mismatched[:2]}"] if mismatched else [])
+            + ([f"blocks the backbone does not have, e.g. {extra_blocks[:2]}"] if extra_blocks else []),
         )
         msg = (
             f"pre_trained={str(path)!r} does not match backbone {backbone!r} ({details}). "

@@ -1,0 +1,73 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""RGB branch: frozen backbone, BTM's 3×3 mean with padding 1, local weights files and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+from anomalib_btm.models.btm.feature_branches import RGBBranch, XYZBranch
+from anomalib_btm.weights import EFFICIENTNET_LITE0_BACKBONE, EFFICIENTNET_LITE0_LAYERS
+
+
+def test_rgb_branch_shapes_and_pooling() -> None:
+    branch = RGBBranch("resnet18", ("layer2", "layer3"), pre_trained=False)
+    image = torch.randn(2, 3, 224, 224)
+    out = branch(image)
+    assert out.shape == (2, 128 + 256, 28, 28)
+    feats = branch.extractor(image)
+    layer2 = F.avg_pool2d(feats["layer2"], 3, 1, 1)
+    layer3 = F.adaptive_avg_pool2d(F.avg_pool2d(feats["layer3"], 3, 1, 1), (28, 28))
+    torch.testing.assert_close(out, torch.cat([layer2, layer3], 1))
+    assert not any(p.requires_grad for p in branch.parameters())
+    branch.train()
+    assert not branch.extractor.training  # batch-norm statistics stay frozen
+
+
+def test_full_and_features_only_state_dicts_load(tmp_path: Path, lite0_weights: Path) -> None:
+    branch = RGBBranch(EFFICIENTNET_LITE0_BACKBONE, EFFICIENTNET_LITE0_LAYERS, pre_trained=str(lite0_weights))
+    state = torch.load(lite0_weights, weights_only=True)
+    loaded = branch.extractor.feature_extractor.state_dict()
+    torch.testing.assert_close(loaded["blocks.2.0.conv_pw.weight"], state["blocks.2.0.conv_pw.weight"])
+    # A features_only state_dict (saved from the feature model) loads too.
+    features_only = tmp_path / "features_only.pth"
+    torch.save(branch.extractor.feature_extractor.state_dict(), features_only)
+    again = RGBBranch(EFFICIENTNET_LITE0_BACKBONE, EFFICIENTNET_LITE0_LAYERS, pre_trained=str(features_only))
+    image = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(again(image), branch(image))
+    random = RGBBranch(EFFICIENTNET_LITE0_BACKBONE, EFFICIENTNET_LITE0_LAYERS, pre_trained=False)
+    assert not torch.allclose(random(image), branch(image))
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"pre_trained=.*no such weights file"):
+        RGBBranch("resnet18", ("layer2",), pre_trained=str(tmp_path / "nope.pth"))
+
+
+def test_mismatched_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "resnet34.pth"
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), path)
+    with pytest.raises(ValueError, match=r"does not match backbone 'resnet18'"):
+        RGBBranch("resnet18", ("layer2", "layer3"), pre_trained=str(path))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="could not read the weights file"):
+        RGBBranch("resnet18", ("layer2",), pre_trained=str(garbage))
+
+
+def test_unknown_layer_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"layers: \['layer9'\] not found"):
+        RGBBranch("resnet18", ("layer2", "layer9"), pre_trained=False)
+
+
+def test_xyz_branch_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="fpfh_backend"):
+        XYZBranch(fpfh_backend="pcl")
+    with pytest.raises(ValueError, match="voxel_size"):
+        XYZBranch(voxel_size=0.0)

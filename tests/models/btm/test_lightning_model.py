@@ -1,0 +1,102 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""End to end through anomalib's Engine on generated data: 3D-only accuracy, checkpoints, RGB-only on Folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.data import Folder, MVTec3D
+from anomalib.engine import Engine
+
+from anomalib_btm import BTM
+
+pytestmark = pytest.mark.slow
+
+
+def _engine(root: Path) -> Engine:
+    return Engine(default_root_dir=root, logger=False, accelerator="cpu", enable_progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def trained_xyz(geometric_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[BTM, MVTec3D, list, Path]:
+    """A 3D-only BTM fitted and tested on the geometric-defect category."""
+    torch.manual_seed(0)
+    datamodule = MVTec3D(root=geometric_root, category="geo", num_workers=0, train_batch_size=5, eval_batch_size=8)
+    model = BTM(pre_trained=False, modality="xyz", fpfh_backend="open3d")
+    results_dir = tmp_path_factory.mktemp("results_xyz")
+    engine = _engine(results_dir)
+    engine.fit(model=model, datamodule=datamodule)
+    metrics = engine.test(model=model, datamodule=datamodule)
+    checkpoint = results_dir / "btm.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    return model, datamodule, metrics, checkpoint
+
+
+def test_xyz_only_detects_and_segments_geometric_defects(trained_xyz: tuple) -> None:
+    model, _, metrics, _ = trained_xyz
+    assert model.model.resolved_modality == "xyz"
+    assert model.model.memory_bank.shape[1] == 33
+    # 10 training clouds × 784 patches, 10 % coreset.
+    assert model.model.memory_bank.shape[0] == int(10 * 784 * 0.1)
+    result = metrics[0]
+    assert set(result) >= {"image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO"}
+    assert result["image_AUROC"] >= 0.9
+    assert result["pixel_AUPRO"] >= 0.8
+
+
+def test_checkpoint_round_trip_gives_identical_scores(trained_xyz: tuple) -> None:
+    model, datamodule, _, checkpoint = trained_xyz
+    batch = next(iter(datamodule.test_dataloader()))
+    image = model.pre_processor.transform(batch.image)
+    model.eval()
+    with torch.no_grad():
+        before = model.model(image, batch.depth_map)
+    loaded = BTM.load_from_checkpoint(checkpoint, map_location="cpu")
+    loaded.eval()
+    assert loaded.model.resolved_modality == "xyz"
+    torch.testing.assert_close(loaded.model.memory_bank, model.model.memory_bank, rtol=0, atol=0)
+    with torch.no_grad():
+        after = loaded.model(image, batch.depth_map)
+    torch.testing.assert_close(after.pred_score, before.pred_score, rtol=0, atol=0)
+    torch.testing.assert_close(after.anomaly_map, before.anomaly_map, rtol=0, atol=0)
+
+
+def test_rgb_only_on_an_image_folder(mixed_root: Path, lite0_weights: Path, tmp_path: Path) -> None:
+    category = mixed_root / "mixed"
+    datamodule = Folder(
+        name="mixed_rgb",
+        root=category,
+        normal_dir="train/good/rgb",
+        abnormal_dir="test/color/rgb",
+        normal_test_dir="test/good/rgb",
+        mask_dir="test/color/gt",
+        num_workers=0,
+        train_batch_size=6,
+        eval_batch_size=8,
+    )
+    model = BTM(backbone="tf_efficientnet_lite0", layers=("blocks.2", "blocks.4"), pre_trained=str(lite0_weights))
+    engine = _engine(tmp_path)
+    engine.fit(model=model, datamodule=datamodule)
+    metrics = engine.test(model=model, datamodule=datamodule)[0]
+    assert model.model.resolved_modality == "rgb"
+    assert model.model.memory_bank.shape[1] == 40 + 112
+    assert 0.0 <= metrics["image_AUROC"] <= 1.0
+    assert metrics["pixel_AUROC"] > 0.5
+
+
+def test_depth_model_refuses_image_only_batches(trained_xyz: tuple) -> None:
+    model, _, _, _ = trained_xyz
+    model.eval()
+    with pytest.raises(ValueError, match=r"carries no point cloud \(depth_map\)"):
+        model.model(torch.randn(1, 3, 224, 224), None)
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="coreset_sampling_ratio"):
+        BTM(pre_trained=False, modality="xyz", coreset_sampling_ratio=0.0)
+    with pytest.raises(ValueError, match="modality"):
+        BTM(pre_trained=False, modality="depth")
