@@ -36,6 +36,9 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._wrapped.exec_module(module)
+        # importlib binds ``anomalib.models`` on its parent only after this returns; the plugin needs it now.
+        parent, _, child = _TRIGGER.rpartition(".")
+        setattr(sys.modules[parent], child, module)
         try:
             importlib.import_module(_PLUGIN)
         except Exception as error:  # noqa: BLE001 - never break anomalib because of the plugin
