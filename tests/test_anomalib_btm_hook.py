@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib_btm authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""The import hook: anomalib finds BTM by name in fresh processes, through its CLI and get_model, at no cost elsewhere."""
+"""The import hook: anomalib finds BTM by name in fresh processes (CLI, get_model), at no cost elsewhere."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from anomalib.models.components import GaussianBlur2d
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 
 class AnomalyMapGenerator(nn.Module):

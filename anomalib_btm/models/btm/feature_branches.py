@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 from anomalib_btm.features.fpfh import FPFH_DIM, compute_fpfh
 
@@ -118,7 +118,10 @@ def load_backbone_weights(model: nn.Module, path: str | Path, backbone: str) -> 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        msg = f"pre_trained={str(path)!r}: could not read the weights file ({error}). Save it with torch.save(state_dict)."
+        msg = (
+            f"pre_trained={str(path)!r}: could not read the weights file ({error}). "
+            "Save it with torch.save(state_dict)."
+        )
         raise ValueError(msg) from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -186,7 +189,7 @@ class RGBBranch(nn.Module):
         self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
         self.out_dim = int(sum(self.extractor.out_dims))
 
-    def train(self, mode: bool = True) -> RGBBranch:  # noqa: ARG002
+    def train(self, mode: bool = True) -> RGBBranch:
         """Keep the frozen backbone in eval mode (batch-norm statistics stay ImageNet's).
 
         Args:

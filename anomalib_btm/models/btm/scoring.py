@@ -31,7 +31,9 @@ PIXEL_METRICS: tuple[str, ...] = ("squared_mean", "mean")
 IMAGE_SCORES: tuple[str, ...] = ("nearest", "reweighted")
 
 
-def squared_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
+def squared_distances(
+    queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor | None = None
+) -> torch.Tensor:
     """Squared Euclidean distances between rows of ``queries`` and rows of ``bank``, via a matmul.
 
     Args:

@@ -65,7 +65,9 @@ class PhaseTimer:
         Returns:
             str: Human-readable table.
         """
-        return "\n".join(f"{phase:<20} {sec:8.2f} s  ({self.calls[phase]} calls)" for phase, sec in self.seconds.items())
+        return "\n".join(
+            f"{phase:<20} {sec:8.2f} s  ({self.calls[phase]} calls)" for phase, sec in self.seconds.items()
+        )
 
 
 class BTMModel(DynamicBufferMixin, nn.Module):
@@ -164,14 +166,15 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         image_size = (int(image.shape[-2]), int(image.shape[-1]))
         features = []
         if "rgb" in modality:
-            assert self.rgb_branch is not None  # noqa: S101 - checked in _resolve_modality
+            assert self.rgb_branch is not None
             with self.timer("feature_extraction"):
                 features.append(self.rgb_branch(image))
             grid = (int(features[0].shape[-2]), int(features[0].shape[-1]))
         else:
             grid = (image_size[0] // 8, image_size[1] // 8)
         if "xyz" in modality:
-            assert self.xyz_branch is not None and xyz is not None  # noqa: S101
+            assert self.xyz_branch is not None
+            assert xyz is not None
             if xyz.dim() != 4 or xyz.shape[1] != 3 or xyz.shape[0] != image.shape[0]:
                 msg = (
                     f"depth_map/xyz must be an organized cloud of shape (B, 3, H, W) with B={image.shape[0]}, "

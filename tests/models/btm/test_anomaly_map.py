@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 from anomalib_btm.models.btm.anomaly_map import AnomalyMapGenerator
 from anomalib_btm.models.btm.feature_branches import resize_features, resize_xyz

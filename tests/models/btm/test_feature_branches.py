@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 from anomalib_btm.models.btm.feature_branches import RGBBranch, XYZBranch
 from anomalib_btm.weights import EFFICIENTNET_LITE0_BACKBONE, EFFICIENTNET_LITE0_LAYERS
