@@ -20,7 +20,6 @@ $(STAMP): pyproject.toml constraints.txt _anomalib_btm_hook.py anomalib_btm.pth
 		else sudo apt-get install -y -q libusb-1.0-0; fi; \
 	fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -e ".[test,demo]"
 	@touch $(STAMP)
 
