@@ -61,6 +61,7 @@ def test_configs_build_the_model() -> None:
         config["model"]["init_args"]["pre_trained"] = False
         model = get_model(config["model"])
         assert isinstance(model, BTM), path
+        assert model.model.preset == config["model"]["init_args"].get("preset", "btm")
         assert config["data"]["class_path"] == "anomalib.data.MVTec3D"
 
 

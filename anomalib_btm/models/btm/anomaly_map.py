@@ -3,16 +3,44 @@
 
 """Anomaly map generation for BTM: patch scores → bilinear upsampling → Gaussian blur.
 
-BTM blurs the float map with a Gaussian of kernel 15 and σ = 4 (BTF quantised the map to 8 bits and
-blurred it through PIL; BTM does not).
+BTM blurs the float map with a Gaussian of kernel 15 and σ = 4. BTF divided the map by its maximum,
+quantised it to 8 bits through PIL, blurred it with ``PIL.ImageFilter.GaussianBlur(radius=4)`` and scaled it
+back (``blur_mode="pil"``, for comparison; not exportable).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from anomalib.models.components import GaussianBlur2d
+from PIL import Image, ImageFilter
 from torch import nn
 from torch.nn import functional as F
+
+BLUR_MODES: tuple[str, ...] = ("gaussian", "pil")
+
+
+def pil_blur(anomaly_map: torch.Tensor, radius: float = 4.0) -> torch.Tensor:
+    """BTF's map blur: divide by the map's maximum, quantise to 8 bits, PIL Gaussian blur, scale back.
+
+    As ``torchvision``'s ``ToPILImage`` does, the quantisation truncates (``(x · 255).byte()``).
+
+    Args:
+        anomaly_map (torch.Tensor): ``(B, 1, H, W)`` maps.
+        radius (float): PIL blur radius.
+
+    Returns:
+        torch.Tensor: ``(B, 1, H, W)`` blurred maps.
+    """
+    blur = ImageFilter.GaussianBlur(radius=radius)
+    out = torch.empty_like(anomaly_map)
+    for index, single in enumerate(anomaly_map):
+        peak = single.max()
+        scaled = single[0] / peak if peak > 0 else torch.zeros_like(single[0])
+        quantised = (scaled * 255).to(torch.uint8).cpu().numpy()
+        blurred = np.asarray(Image.fromarray(quantised, mode="L").filter(blur), dtype=np.float32) / 255.0
+        out[index, 0] = torch.from_numpy(blurred).to(anomaly_map.device) * peak
+    return out
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -20,7 +48,8 @@ class AnomalyMapGenerator(nn.Module):
 
     Args:
         blur_kernel_size (int): Side of the Gaussian kernel (odd). Defaults to ``15``.
-        blur_sigma (float): Standard deviation of the Gaussian. Defaults to ``4.0``.
+        blur_sigma (float): Standard deviation of the Gaussian (the radius of the PIL blur). Defaults to ``4.0``.
+        blur_mode (str): ``"gaussian"`` (BTM: float tensor) or ``"pil"`` (BTF: 8-bit PIL blur per map).
 
     Example:
         >>> generator = AnomalyMapGenerator()
@@ -28,8 +57,13 @@ class AnomalyMapGenerator(nn.Module):
         torch.Size([2, 1, 224, 224])
     """
 
-    def __init__(self, blur_kernel_size: int = 15, blur_sigma: float = 4.0) -> None:
+    def __init__(self, blur_kernel_size: int = 15, blur_sigma: float = 4.0, blur_mode: str = "gaussian") -> None:
         super().__init__()
+        if blur_mode not in BLUR_MODES:
+            msg = f"blur_mode must be one of {BLUR_MODES}, got {blur_mode!r}."
+            raise ValueError(msg)
+        self.blur_mode = blur_mode
+        self.blur_sigma = blur_sigma
         if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:
             msg = f"blur_kernel_size must be a positive odd integer, got {blur_kernel_size}."
             raise ValueError(msg)
@@ -55,4 +89,6 @@ class AnomalyMapGenerator(nn.Module):
         if patch_scores.dim() == 3:
             patch_scores = patch_scores.unsqueeze(1)
         anomaly_map = F.interpolate(patch_scores, size=tuple(image_size), mode="bilinear", align_corners=False)
+        if self.blur_mode == "pil":
+            return pil_blur(anomaly_map, self.blur_sigma)
         return self.blur(anomaly_map)

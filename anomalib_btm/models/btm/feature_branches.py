@@ -158,6 +158,8 @@ class RGBBranch(nn.Module):
         layers (Sequence[str]): Feature layers; the first one sets the patch grid.
         pre_trained (bool | str): ``True`` for timm's ImageNet weights, ``False`` for random weights, or the
             path of a local weights file (see :func:`load_backbone_weights`).
+        patch_padding (bool): 3 × 3 mean with padding 1 (BTM, keeps patches aligned with the image) or without
+            padding (BTF: 28 → 26, then adaptive average pooling back to 28).
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class RGBBranch(nn.Module):
         backbone: str = "wide_resnet50_2",
         layers: Sequence[str] = ("layer2", "layer3"),
         pre_trained: bool | str = True,
+        patch_padding: bool = True,
     ) -> None:
         super().__init__()
         layers = list(layers)
@@ -186,7 +189,7 @@ class RGBBranch(nn.Module):
         for parameter in self.extractor.parameters():
             parameter.requires_grad_(False)
         self.layers = layers
-        self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
+        self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1 if patch_padding else 0)
         self.out_dim = int(sum(self.extractor.out_dims))
 
     def train(self, mode: bool = True) -> RGBBranch:
@@ -211,9 +214,8 @@ class RGBBranch(nn.Module):
         """
         with torch.no_grad():
             features = self.extractor(image)
-        maps = [self.pooler(features[layer]) for layer in self.layers]
-        grid = tuple(maps[0].shape[-2:])
-        return torch.cat([resize_features(fmap, grid) for fmap in maps], dim=1)
+        grid = tuple(features[self.layers[0]].shape[-2:])
+        return torch.cat([resize_features(self.pooler(features[layer]), grid) for layer in self.layers], dim=1)
 
 
 class XYZBranch(nn.Module):
@@ -223,11 +225,12 @@ class XYZBranch(nn.Module):
         fpfh_backend (str): ``"open3d"`` (the reference) or ``"torch"``.
         voxel_size (float): BTF's voxel size in metres; normals use radius ``2·voxel`` (30 NN), FPFH
             ``5·voxel`` (100 NN).
+        patch_padding (bool): 3 × 3 mean with padding 1 (BTM) or without (BTF).
     """
 
     out_dim = FPFH_DIM
 
-    def __init__(self, fpfh_backend: str = "open3d", voxel_size: float = 0.05) -> None:
+    def __init__(self, fpfh_backend: str = "open3d", voxel_size: float = 0.05, patch_padding: bool = True) -> None:
         super().__init__()
         if fpfh_backend not in FPFH_BACKENDS:
             msg = f"fpfh_backend must be one of {FPFH_BACKENDS}, got {fpfh_backend!r}."
@@ -237,7 +240,7 @@ class XYZBranch(nn.Module):
             raise ValueError(msg)
         self.fpfh_backend = fpfh_backend
         self.voxel_size = voxel_size
-        self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
+        self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1 if patch_padding else 0)
 
     def forward(self, xyz: torch.Tensor, image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
         """Extract patch features.

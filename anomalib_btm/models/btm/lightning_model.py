@@ -66,6 +66,8 @@ class BTM(MemoryBankMixin, AnomalibModule):
         voxel_size (float): FPFH voxel size in metres (normals radius 2·voxel, FPFH radius 5·voxel).
         blur_kernel_size (int): Gaussian kernel size of the anomaly map. Defaults to ``15``.
         blur_sigma (float): Gaussian sigma of the anomaly map. Defaults to ``4.0``.
+        preset (str): ``"btm"`` (default) or ``"btf"``: BTF's own choices on the same code (no padding in the
+            3 × 3 mean, reweighted image score, 1-NN map blurred through 8-bit PIL), so BTF vs BTM is one flag.
         pre_processor (PreProcessor | bool): Pre-processor, or ``True`` for the default (resize to 224, ImageNet
             normalisation).
         post_processor (PostProcessor | bool): Post-processor, or ``True`` for the default.
@@ -89,6 +91,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
         voxel_size: float = 0.05,
         blur_kernel_size: int = 15,
         blur_sigma: float = 4.0,
+        preset: str = "btm",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -116,6 +119,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
             voxel_size=voxel_size,
             blur_kernel_size=blur_kernel_size,
             blur_sigma=blur_sigma,
+            preset=preset,
         )
         self.coreset_sampling_ratio = coreset_sampling_ratio
 

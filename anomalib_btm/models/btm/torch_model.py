@@ -34,6 +34,40 @@ MODALITIES: tuple[str, ...] = ("auto", "rgb", "xyz", "rgb+xyz")
 _MODALITY_CODES: dict[str, int] = {"rgb": 1, "xyz": 2, "rgb+xyz": 3}
 _CODE_MODALITIES: dict[int, str] = {code: name for name, code in _MODALITY_CODES.items()}
 
+PRESETS: tuple[str, ...] = ("btm", "btf")
+#: What ``preset="btf"`` changes, from BTM's defaults to BTF's own choices (eliahuhorwitz/3D-ADS).
+BTF_SETTINGS: dict[str, object] = {"image_score": "reweighted", "k_pixel": 1, "pixel_metric": "mean"}
+_BTM_SETTINGS: dict[str, object] = {"image_score": "nearest", "k_pixel": 3, "pixel_metric": "squared_mean"}
+
+
+def _resolve_preset(preset: str, **settings: object) -> dict[str, object]:
+    """Apply a preset to the scoring settings, refusing explicit values that contradict it.
+
+    Args:
+        preset (str): ``"btm"`` or ``"btf"``.
+        **settings (object): ``image_score``, ``k_pixel`` and ``pixel_metric`` as passed.
+
+    Returns:
+        dict[str, object]: The settings to use.
+
+    Raises:
+        ValueError: On an unknown preset, or on settings that contradict ``preset="btf"``.
+    """
+    if preset not in PRESETS:
+        msg = f"preset must be one of {PRESETS}, got {preset!r}."
+        raise ValueError(msg)
+    if preset == "btm":
+        return settings
+    conflicts = [
+        f"{name}={value!r}"
+        for name, value in settings.items()
+        if value != _BTM_SETTINGS[name] and value != BTF_SETTINGS[name]
+    ]
+    if conflicts:
+        msg = f"preset='btf' fixes {BTF_SETTINGS}; drop {', '.join(conflicts)} or use preset='btm' to set them freely."
+        raise ValueError(msg)
+    return dict(BTF_SETTINGS)
+
 
 class PhaseTimer:
     """Accumulated wall time per named phase (feature extraction, FPFH, coreset, scoring)."""
@@ -89,6 +123,10 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         blur_kernel_size (int): Gaussian kernel of the anomaly map. Defaults to ``15``.
         blur_sigma (float): Gaussian sigma of the anomaly map. Defaults to ``4.0``.
         n_reweight (int): Neighbours of the reweighted score. Defaults to ``3``.
+        preset (str): ``"btm"`` (the arguments as given) or ``"btf"``: BTF's own choices on the same code — 3 × 3
+            mean without padding then adaptive average pooling to the grid, reweighted image score
+            (``n_reweight`` 3, √D scaling), 1-NN distance map quantised to 8 bits before a PIL blur of radius
+            ``blur_sigma``.
 
     Example:
         >>> model = BTMModel(pre_trained=False, modality="rgb")
@@ -112,16 +150,22 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         blur_kernel_size: int = 15,
         blur_sigma: float = 4.0,
         n_reweight: int = 3,
+        preset: str = "btm",
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:
             msg = f"modality must be one of {MODALITIES}, got {modality!r}."
             raise ValueError(msg)
+        scoring = _resolve_preset(preset, image_score=image_score, k_pixel=k_pixel, pixel_metric=pixel_metric)
+        btf = preset == "btf"
         self.modality = modality
-        self.rgb_branch = RGBBranch(backbone, layers, pre_trained) if modality != "xyz" else None
-        self.xyz_branch = XYZBranch(fpfh_backend, voxel_size) if modality != "rgb" else None
-        self.scorer = DualKScorer(k_image, k_pixel, pixel_metric, image_score, n_reweight)
-        self.anomaly_map_generator = AnomalyMapGenerator(blur_kernel_size, blur_sigma)
+        self.preset = preset
+        self.rgb_branch = RGBBranch(backbone, layers, pre_trained, patch_padding=not btf) if modality != "xyz" else None
+        self.xyz_branch = XYZBranch(fpfh_backend, voxel_size, patch_padding=not btf) if modality != "rgb" else None
+        self.scorer = DualKScorer(
+            k_image, scoring["k_pixel"], scoring["pixel_metric"], scoring["image_score"], n_reweight
+        )
+        self.anomaly_map_generator = AnomalyMapGenerator(blur_kernel_size, blur_sigma, "pil" if btf else "gaussian")
         self.timer = PhaseTimer()
 
         self.memory_bank: torch.Tensor

@@ -79,3 +79,25 @@ def test_feature_resize_equals_adaptive_average_pooling() -> None:
     torch.testing.assert_close(resize_features(small, (28, 28)), F.adaptive_avg_pool2d(small, (28, 28)))
     odd = torch.randn(1, 3, 30, 17)
     torch.testing.assert_close(resize_features(odd, (28, 28)), F.adaptive_avg_pool2d(odd, (28, 28)))
+
+
+def test_pil_blur_reproduces_btf_quantised_blur() -> None:
+    from PIL import Image, ImageFilter
+
+    generator = AnomalyMapGenerator(blur_mode="pil")
+    scores = torch.rand(2, 28, 28, generator=torch.Generator().manual_seed(0)) * 7.0
+    out = generator(scores, (224, 224))
+    upsampled = F.interpolate(scores[:, None], size=(224, 224), mode="bilinear", align_corners=False)
+    for index in range(2):
+        peak = upsampled[index].max()
+        quantised = (upsampled[index, 0] / peak * 255).to(torch.uint8).numpy()
+        blurred = Image.fromarray(quantised, mode="L").filter(ImageFilter.GaussianBlur(radius=4))
+        expected = torch.from_numpy(__import__("numpy").asarray(blurred, dtype="float32") / 255.0) * peak
+        torch.testing.assert_close(out[index, 0], expected)
+    # 8-bit: at most 256 distinct levels per map (BTM's float blur keeps far more).
+    assert out[0].unique().numel() <= 256
+
+
+def test_unknown_blur_mode() -> None:
+    with pytest.raises(ValueError, match="blur_mode"):
+        AnomalyMapGenerator(blur_mode="box")

@@ -71,3 +71,13 @@ def test_xyz_branch_bad_arguments() -> None:
         XYZBranch(fpfh_backend="pcl")
     with pytest.raises(ValueError, match="voxel_size"):
         XYZBranch(voxel_size=0.0)
+
+
+def test_btf_patch_pooling_has_no_padding_then_adaptive_pooling() -> None:
+    branch = RGBBranch("resnet18", ("layer2", "layer3"), pre_trained=False, patch_padding=False)
+    image = torch.randn(1, 3, 224, 224)
+    feats = branch.extractor(image)
+    expected = torch.cat(
+        [F.adaptive_avg_pool2d(F.avg_pool2d(feats[layer], 3, 1, 0), (28, 28)) for layer in ("layer2", "layer3")], 1
+    )
+    torch.testing.assert_close(branch(image), expected)
