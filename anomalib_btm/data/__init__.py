@@ -1,9 +1,9 @@
 # Copyright (C) 2026 anomalib_btm authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Data utilities: a synthetic RGB + XYZ generator in the MVTec 3D-AD layout.
+"""Data utilities: synthetic MVTec 3D-AD data, depth + intrinsics → organized XYZ, optional background removal.
 
-The names are loaded lazily, so that ``python -m anomalib_btm.data.synthetic`` does not import the module twice.
+The names are loaded lazily, so that ``python -m anomalib_btm.data.<module>`` does not import the module twice.
 """
 
 from __future__ import annotations
@@ -12,6 +12,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from anomalib_btm.data.background import (
+        foreground_mask,
+        remove_background,
+        remove_background_cached,
+        remove_background_dir,
+    )
+    from anomalib_btm.data.depth import (
+        check_metric_units,
+        convert_depth_dir,
+        depth_to_xyz,
+        load_intrinsics,
+        read_depth,
+        read_xyz,
+        validate_xyz,
+        write_xyz,
+    )
     from anomalib_btm.data.synthetic import (
         DEFECT_TYPES,
         GEOMETRIC_DEFECTS,
@@ -20,12 +36,49 @@ if TYPE_CHECKING:
         sample_seed,
     )
 
-__all__ = ["DEFECT_TYPES", "GEOMETRIC_DEFECTS", "generate_category", "render_sample", "sample_seed"]
+_MODULES: dict[str, tuple[str, ...]] = {
+    "anomalib_btm.data.synthetic": (
+        "DEFECT_TYPES",
+        "GEOMETRIC_DEFECTS",
+        "generate_category",
+        "render_sample",
+        "sample_seed",
+    ),
+    "anomalib_btm.data.depth": (
+        "check_metric_units",
+        "convert_depth_dir",
+        "depth_to_xyz",
+        "load_intrinsics",
+        "read_depth",
+        "read_xyz",
+        "validate_xyz",
+        "write_xyz",
+    ),
+    "anomalib_btm.data.background": (
+        "foreground_mask",
+        "remove_background",
+        "remove_background_cached",
+        "remove_background_dir",
+    ),
+}
+_WHERE: dict[str, str] = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
-    """Load the public names from :mod:`anomalib_btm.data.synthetic` on first use."""
-    if name in __all__:
-        return getattr(importlib.import_module("anomalib_btm.data.synthetic"), name)
+    """Load a public name from its module on first use.
+
+    Args:
+        name (str): Attribute name.
+
+    Returns:
+        Any: The attribute.
+
+    Raises:
+        AttributeError: For unknown names.
+    """
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
