@@ -63,7 +63,25 @@ _MODULES: dict[str, tuple[str, ...]] = {
 }
 _WHERE: dict[str, str] = {name: module for module, names in _MODULES.items() for name in names}
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "DEFECT_TYPES",
+    "GEOMETRIC_DEFECTS",
+    "check_metric_units",
+    "convert_depth_dir",
+    "depth_to_xyz",
+    "foreground_mask",
+    "generate_category",
+    "load_intrinsics",
+    "read_depth",
+    "read_xyz",
+    "remove_background",
+    "remove_background_cached",
+    "remove_background_dir",
+    "render_sample",
+    "sample_seed",
+    "validate_xyz",
+    "write_xyz",
+]
 
 
 def __getattr__(name: str) -> Any:
