@@ -66,6 +66,11 @@ class BTM(MemoryBankMixin, AnomalibModule):
         voxel_size (float): FPFH voxel size in metres (normals radius 2·voxel, FPFH radius 5·voxel).
         blur_kernel_size (int): Gaussian kernel size of the anomaly map. Defaults to ``15``.
         blur_sigma (float): Gaussian sigma of the anomaly map. Defaults to ``4.0``.
+        max_bank_size (int | None): Upper bound on the memory bank's rows (``None``: ``coreset_sampling_ratio``
+            alone decides, the paper's setting).
+        coreset_chunk_size (int | None): Run the coreset on chunks of this many training patches, so that time
+            and memory scale with the chunk rather than the training set (``None``: one coreset, the paper's).
+        store_dtype (str): ``"float32"`` or ``"float16"`` for the training features held until the coreset.
         preset (str): ``"btm"`` (default) or ``"btf"``: BTF's own choices on the same code (no padding in the
             3 × 3 mean, reweighted image score, 1-NN map blurred through 8-bit PIL), so BTF vs BTM is one flag.
         pre_processor (PreProcessor | bool): Pre-processor, or ``True`` for the default (resize to 224, ImageNet
@@ -91,6 +96,9 @@ class BTM(MemoryBankMixin, AnomalibModule):
         voxel_size: float = 0.05,
         blur_kernel_size: int = 15,
         blur_sigma: float = 4.0,
+        max_bank_size: int | None = None,
+        coreset_chunk_size: int | None = None,
+        store_dtype: str = "float32",
         preset: str = "btm",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
@@ -120,8 +128,11 @@ class BTM(MemoryBankMixin, AnomalibModule):
             blur_kernel_size=blur_kernel_size,
             blur_sigma=blur_sigma,
             preset=preset,
+            store_dtype=store_dtype,
         )
         self.coreset_sampling_ratio = coreset_sampling_ratio
+        self.max_bank_size = max_bank_size
+        self.coreset_chunk_size = coreset_chunk_size
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -200,7 +211,19 @@ class BTM(MemoryBankMixin, AnomalibModule):
     def fit(self) -> None:
         """Build the memory bank: greedy k-center coreset of the collected patch embeddings."""
         logger.info("Applying core-set subsampling to get the embedding.")
-        self.model.subsample_embedding(self.coreset_sampling_ratio, progress=self._show_progress())
+        self.model.subsample_embedding(
+            self.coreset_sampling_ratio,
+            progress=self._show_progress(),
+            max_bank_size=self.max_bank_size,
+            chunk_size=self.coreset_chunk_size,
+        )
+
+    def on_train_start(self) -> None:
+        """Size the feature store for the whole training set, so that it is allocated once."""
+        dataloader = getattr(self.trainer, "train_dataloader", None)
+        dataset = getattr(dataloader, "dataset", None)
+        if dataset is not None and hasattr(dataset, "__len__"):
+            self.model.embedding_store.expect(len(dataset))
 
     def _show_progress(self) -> bool:
         trainer = getattr(self, "_trainer", None)

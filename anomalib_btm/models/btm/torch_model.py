@@ -23,8 +23,8 @@ from anomalib.models.components import DynamicBufferMixin
 from torch import nn
 
 from .anomaly_map import AnomalyMapGenerator
-from .coreset import KCenterGreedy
 from .feature_branches import RGBBranch, XYZBranch
+from .memory_bank import EmbeddingStore, select_memory_bank
 from .scoring import DualKScorer
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ class BTMModel(DynamicBufferMixin, nn.Module):
             mean without padding then adaptive average pooling to the grid, reweighted image score
             (``n_reweight`` 3, √D scaling), 1-NN distance map quantised to 8 bits before a PIL blur of radius
             ``blur_sigma``.
+        store_dtype (str): dtype of the training-feature store, ``"float32"`` or ``"float16"`` (half the memory;
+            the coreset and the bank stay float32).
 
     Example:
         >>> model = BTMModel(pre_trained=False, modality="rgb")
@@ -151,6 +153,7 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         blur_sigma: float = 4.0,
         n_reweight: int = 3,
         preset: str = "btm",
+        store_dtype: str = "float32",
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:
@@ -172,7 +175,7 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         self.register_buffer("memory_bank", torch.empty(0))
         self._modality_code: torch.Tensor
         self.register_buffer("_modality_code", torch.tensor(_MODALITY_CODES.get(modality, 0)))
-        self.embedding_store: list[torch.Tensor] = []
+        self.embedding_store = EmbeddingStore(store_dtype)
 
     @property
     def resolved_modality(self) -> str | None:
@@ -246,7 +249,7 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         embedding = self.extract(image, xyz)
         if self.training:
             flat = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1]).detach()
-            self.embedding_store.append(flat)
+            self.embedding_store.append(flat, samples=embedding.shape[0])
             return flat
         if self.memory_bank.numel() == 0:
             msg = "The BTM memory bank is empty: fit the model (anomalib train / Engine.fit) before testing."
@@ -262,25 +265,31 @@ class BTMModel(DynamicBufferMixin, nn.Module):
             anomaly_map = self.anomaly_map_generator(scores.patch_scores, image.shape[-2:])
         return InferenceBatch(pred_score=scores.pred_score, anomaly_map=anomaly_map)
 
-    def subsample_embedding(self, sampling_ratio: float, progress: bool = False) -> None:
-        """Build the memory bank from the stored embeddings with a greedy k-center coreset.
+    def subsample_embedding(
+        self,
+        sampling_ratio: float,
+        progress: bool = False,
+        max_bank_size: int | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        """Build the memory bank from the stored embeddings with a greedy k-center coreset, then free the store.
 
         Args:
             sampling_ratio (float): Fraction of patches kept, in ``(0, 1]``.
             progress (bool): Show a progress bar.
+            max_bank_size (int | None): Upper bound on the bank's rows.
+            chunk_size (int | None): Coreset on chunks of this many patches (see :func:`select_memory_bank`).
 
         Raises:
             ValueError: If no embeddings were collected.
         """
-        if not self.embedding_store:
+        n_patches = len(self.embedding_store)
+        if n_patches == 0:
             msg = "BTM collected no training features: the training set is empty. Check the datamodule's train split."
             raise ValueError(msg)
-        embedding = torch.cat(self.embedding_store, dim=0)
-        self.embedding_store = []
         with self.timer("coreset"):
-            if sampling_ratio >= 1.0:
-                self.memory_bank = embedding
-            else:
-                sampler = KCenterGreedy(embedding, sampling_ratio=sampling_ratio, progress=progress)
-                self.memory_bank = sampler.sample_coreset()
-        logger.info("BTM memory bank: %d × %d from %d patches.", *self.memory_bank.shape, embedding.shape[0])
+            self.memory_bank = select_memory_bank(
+                self.embedding_store.embeddings, sampling_ratio, max_bank_size, chunk_size, progress
+            )
+        self.embedding_store.clear()
+        logger.info("BTM memory bank: %d × %d from %d patches.", *self.memory_bank.shape, n_patches)
