@@ -20,7 +20,18 @@ def test_benchmark_table_on_generated_data(tmp_path: Path, capsys: pytest.Captur
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     output = tmp_path / "table.md"
-    args = ["--generated", "1", "--n-train", "5", "--n-test-defect", "1", "--image-size", "128", "--output", str(output)]
+    args = [
+        "--generated",
+        "1",
+        "--n-train",
+        "5",
+        "--n-test-defect",
+        "1",
+        "--image-size",
+        "128",
+        "--output",
+        str(output),
+    ]
     assert module.main([*args, "--configs", "BTM 3D", "BTF RGB+3D"]) == 0
     table = output.read_text()
     assert "generated data" in table
