@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from anomalib.visualization import ImageVisualizer
 
 from anomalib_btm.data.depth import atomic_write
 
@@ -314,3 +315,72 @@ def save_figure(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: figure.savefig(tmp, format=fmt, dpi=dpi))
     return path
+
+
+class BTMVisualizer(ImageVisualizer):
+    """anomalib's image visualizer that can also write 3D heat maps (PLY) of depth batches.
+
+    The 2D overlays are anomalib's. With ``save_ply=True``, each test item that carries a ``depth_map`` also gets
+    ``<images dir>/ply/<same relative path>.ply``: the valid points of the cloud (brought to the anomaly map's size
+    with nearest interpolation) coloured by the post-processed anomaly score on a fixed ``[0, 1]`` scale, so colours
+    compare across images (0.5 is the threshold), plus ``<stem>_rgb.ply`` in the image's colours.
+
+    Args:
+        save_ply (bool): Write PLY heat maps. Defaults to ``False``.
+        **kwargs (Any): Passed to :class:`anomalib.visualization.ImageVisualizer`.
+
+    Example:
+        >>> from anomalib_btm import BTM
+        >>> model = BTM(pre_trained=False, visualizer=BTMVisualizer(save_ply=True))  # doctest: +SKIP
+    """
+
+    def __init__(self, save_ply: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.save_ply = save_ply
+
+    def on_test_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Write anomalib's overlays, then the PLY heat maps of the batch.
+
+        Args:
+            trainer (Any): Lightning trainer.
+            pl_module (Any): The model.
+            outputs (Any): Step outputs.
+            batch (Any): The batch with predictions.
+            batch_idx (int): Batch index.
+            dataloader_idx (int): Dataloader index.
+        """
+        super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        depth = getattr(batch, "depth_map", None)
+        if not self.save_ply or depth is None or batch.anomaly_map is None:
+            return
+        import torch
+        from anomalib.utils.path import generate_output_filename
+
+        from anomalib_btm.models.btm.feature_branches import resize_xyz
+
+        datamodule = getattr(trainer, "datamodule", None)
+        maps = batch.anomaly_map.detach().float().cpu()
+        maps = maps if maps.dim() == 4 else maps.unsqueeze(1)
+        xyz = resize_xyz(torch.as_tensor(depth).float().cpu(), tuple(maps.shape[-2:]))
+        images = batch.image.detach().float().cpu()
+        for index in range(xyz.shape[0]):
+            source = batch.image_path[index] if batch.image_path is not None else f"{batch_idx:04d}_{index:02d}.png"
+            filename = generate_output_filename(
+                input_path=source,
+                output_path=Path(self.output_dir) / "ply",
+                dataset_name=getattr(datamodule, "name", None),
+                category=getattr(datamodule, "category", None),
+            ).with_suffix(".ply")
+            rgb = images[index]
+            rgb = (rgb - rgb.amin()) / (rgb.amax() - rgb.amin()).clamp_min(1e-12)  # undo normalisation for display
+            if not bool((xyz[index] != 0).all(dim=0).any()):
+                continue
+            save_ply(xyz[index], maps[index, 0], filename, rgb=rgb, vmin=0.0, vmax=1.0)

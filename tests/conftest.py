@@ -21,7 +21,8 @@ def geometric_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated category with geometric defects only, at 224 × 224 (``<root>/geo``)."""
     from anomalib_btm.data import generate_category
 
-    root = tmp_path_factory.mktemp("mvtec3d_geo")
+    # A root named like the dataset lets anomalib's visualizer keep test/<defect>/... in its output paths.
+    root = tmp_path_factory.mktemp("geo") / "MVTec3D"
     generate_category(root, "geo", n_train=10, n_validation=0, n_test_good=5, n_test_per_defect=3, defects=GEOMETRIC)
     return root
 
@@ -31,7 +32,7 @@ def mixed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny generated category with a geometric and an appearance defect (``<root>/mixed``)."""
     from anomalib_btm.data import generate_category
 
-    root = tmp_path_factory.mktemp("mvtec3d_mixed")
+    root = tmp_path_factory.mktemp("mixed") / "MVTec3D"
     generate_category(
         root, "mixed", n_train=6, n_validation=0, n_test_good=3, n_test_per_defect=2, defects=("dent", "color"), seed=1
     )

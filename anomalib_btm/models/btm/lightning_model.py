@@ -39,6 +39,8 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_btm.visualize import BTMVisualizer
+
 from .torch_model import BTMModel
 
 logger = logging.getLogger(__name__)
@@ -171,6 +173,15 @@ class BTM(MemoryBankMixin, AnomalibModule):
             PostProcessor: The post-processor.
         """
         return PostProcessor()
+
+    @classmethod
+    def configure_visualizer(cls) -> BTMVisualizer:
+        """Default visualizer: anomalib's 2D overlays; ``BTMVisualizer(save_ply=True)`` adds 3D heat maps.
+
+        Returns:
+            BTMVisualizer: The visualizer.
+        """
+        return BTMVisualizer()
 
     @staticmethod
     def configure_optimizers() -> None:

@@ -13,6 +13,7 @@ from anomalib.data import Folder, MVTec3D
 from anomalib.engine import Engine
 
 from anomalib_btm import BTM
+from anomalib_btm.visualize import BTMVisualizer
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def trained_xyz(geometric_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A 3D-only BTM fitted and tested on the geometric-defect category."""
     torch.manual_seed(0)
     datamodule = MVTec3D(root=geometric_root, category="geo", num_workers=0, train_batch_size=5, eval_batch_size=8)
-    model = BTM(pre_trained=False, modality="xyz", fpfh_backend="open3d")
+    model = BTM(pre_trained=False, modality="xyz", fpfh_backend="open3d", visualizer=BTMVisualizer(save_ply=True))
     results_dir = tmp_path_factory.mktemp("results_xyz")
     engine = _engine(results_dir)
     engine.fit(model=model, datamodule=datamodule)
@@ -34,6 +35,21 @@ def trained_xyz(geometric_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     checkpoint = results_dir / "btm.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
     return model, datamodule, metrics, checkpoint
+
+
+def test_visualizer_writes_2d_overlays_and_3d_heat_maps(trained_xyz: tuple) -> None:
+    import open3d as o3d
+
+    _, datamodule, _, checkpoint = trained_xyz
+    results = checkpoint.parent
+    overlays = sorted(results.rglob("images/**/*.png"))
+    heat_maps = sorted(p for p in results.rglob("ply/**/*.ply") if not p.stem.endswith("_rgb"))
+    n_test = len(datamodule.test_data)
+    assert len(overlays) == n_test
+    assert len(heat_maps) == n_test
+    cloud = o3d.io.read_point_cloud(str(heat_maps[0]))
+    assert len(cloud.points) > 1000
+    assert cloud.has_colors()
 
 
 def test_xyz_only_detects_and_segments_geometric_defects(trained_xyz: tuple) -> None:
