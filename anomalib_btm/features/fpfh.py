@@ -1,0 +1,177 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""FPFH descriptors for organized point clouds.
+
+`compute_fpfh` maps a batch of organized clouds ``(B, 3, H, W)`` (metres, missing points exactly
+``(0, 0, 0)``) to a ``(B, 33, H, W)`` map of Fast Point Feature Histograms, with zeros at missing
+points. Two backends:
+
+* ``"open3d"`` (default, reference): the valid points of each cloud go through Open3D's
+  ``estimate_normals`` (hybrid search, radius ``2 * voxel_size``, 30 neighbours) and
+  ``compute_fpfh_feature`` (radius ``5 * voxel_size``, 100 neighbours), exactly as Back to the
+  Feature (BTF) does. CPU only, not traceable.
+* ``"torch"``: an equivalent implementation on the organized grid (neighbours are searched in a
+  fixed pixel window), batched, device agnostic and exportable to ONNX / OpenVINO. See
+  :mod:`anomalib_btm.features.fpfh_torch` for the differences to Open3D.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["FPFH_BACKENDS", "FPFH_DIM", "compute_fpfh", "compute_fpfh_open3d", "valid_point_mask"]
+
+FPFH_DIM = 33
+"""Length of an FPFH descriptor: three 11-bin histograms."""
+
+FPFH_BACKENDS = ("open3d", "torch")
+"""Names accepted by the ``backend`` argument of :func:`compute_fpfh`."""
+
+NORMAL_RADIUS_FACTOR = 2.0
+"""Normal search radius in units of ``voxel_size`` (BTF: ``radius = voxel_size * 2``)."""
+
+FPFH_RADIUS_FACTOR = 5.0
+"""FPFH search radius in units of ``voxel_size`` (BTF: ``radius = voxel_size * 5``)."""
+
+NORMAL_MAX_NN = 30
+"""Maximum neighbourhood size (query point included) for the normals, as in BTF."""
+
+FPFH_MAX_NN = 100
+"""Maximum neighbourhood size (query point included) for the FPFH, as in BTF."""
+
+
+def valid_point_mask(xyz: torch.Tensor) -> torch.Tensor:
+    """Return the mask of valid points of organized clouds.
+
+    A point is valid iff none of its three coordinates is exactly zero (the convention of MVTec 3D-AD
+    and of BTF, which tests ``all(p != 0)``).
+
+    Args:
+        xyz: Organized clouds of shape ``(B, 3, H, W)``.
+
+    Returns:
+        Boolean tensor of shape ``(B, 1, H, W)``.
+    """
+    return (xyz != 0).all(dim=1, keepdim=True)
+
+
+def _check_xyz(xyz: torch.Tensor) -> None:
+    """Validate the input of :func:`compute_fpfh`.
+
+    Args:
+        xyz: Candidate input.
+
+    Raises:
+        TypeError: If ``xyz`` is not a tensor.
+        ValueError: If ``xyz`` is not of shape ``(B, 3, H, W)``, not floating point or not finite.
+    """
+    if not isinstance(xyz, torch.Tensor):
+        msg = f"`xyz` must be a torch.Tensor of shape (B, 3, H, W), got {type(xyz).__name__}."
+        raise TypeError(msg)
+    if xyz.ndim != 4 or xyz.shape[1] != 3:
+        msg = (
+            f"`xyz` must be a batch of organized point clouds: expected (B, 3, H, W), got {tuple(xyz.shape)}. "
+            "Add a batch dimension with `xyz.unsqueeze(0)` or move the channel axis with `xyz.permute(0, 3, 1, 2)`."
+        )
+        raise ValueError(msg)
+    if not xyz.is_floating_point():
+        msg = f"`xyz` must be a floating point tensor (metres), got dtype {xyz.dtype}."
+        raise ValueError(msg)
+    if xyz.numel() and not bool(torch.isfinite(xyz).all()):
+        msg = (
+            "`xyz` contains NaN or infinite coordinates. Mark missing points as exactly (0, 0, 0) instead, "
+            "e.g. `xyz = torch.nan_to_num(xyz, nan=0.0, posinf=0.0, neginf=0.0)` followed by "
+            "`xyz = xyz * (xyz != 0).all(dim=1, keepdim=True)`."
+        )
+        raise ValueError(msg)
+
+
+def compute_fpfh_open3d(xyz: torch.Tensor, voxel_size: float = 0.05) -> torch.Tensor:
+    """FPFH of organized clouds with Open3D, exactly as BTF computes it.
+
+    For each cloud, the valid points are gathered, their normals estimated with
+    ``KDTreeSearchParamHybrid(radius=2 * voxel_size, max_nn=30)`` and their FPFH computed with
+    ``KDTreeSearchParamHybrid(radius=5 * voxel_size, max_nn=100)``; the descriptors are scattered
+    back to the pixel grid. Open3D does not orient normals: their sign follows its closed-form
+    3×3 eigen solver. Computation runs in float64 on the CPU.
+
+    Args:
+        xyz: Organized clouds ``(B, 3, H, W)``, metres, missing points exactly ``(0, 0, 0)``. Not validated
+            here, use :func:`compute_fpfh` for checked input.
+        voxel_size: Scale of the search radii (BTF: 0.05 m).
+
+    Returns:
+        Float32 tensor ``(B, 33, H, W)`` on the device of ``xyz``, zero at missing points.
+    """
+    import open3d as o3d
+
+    batch, _, height, width = xyz.shape
+    clouds = xyz.detach().to(device="cpu", dtype=torch.float64).permute(0, 2, 3, 1).reshape(batch, height * width, 3)
+    clouds = clouds.numpy()
+    out = np.zeros((batch, FPFH_DIM, height * width), dtype=np.float32)
+    normal_param = o3d.geometry.KDTreeSearchParamHybrid(radius=NORMAL_RADIUS_FACTOR * voxel_size, max_nn=NORMAL_MAX_NN)
+    fpfh_param = o3d.geometry.KDTreeSearchParamHybrid(radius=FPFH_RADIUS_FACTOR * voxel_size, max_nn=FPFH_MAX_NN)
+    for index in range(batch):
+        valid = np.all(clouds[index] != 0, axis=1)
+        if not valid.any():
+            continue
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.ascontiguousarray(clouds[index][valid])))
+        pcd.estimate_normals(search_param=normal_param)
+        feature = o3d.pipelines.registration.compute_fpfh_feature(pcd, fpfh_param)
+        out[index][:, valid] = np.asarray(feature.data, dtype=np.float32)
+    return torch.from_numpy(out).reshape(batch, FPFH_DIM, height, width).to(xyz.device)
+
+
+def compute_fpfh(
+    xyz: torch.Tensor,
+    backend: str = "open3d",
+    voxel_size: float = 0.05,
+    **torch_options: Any,
+) -> torch.Tensor:
+    """Compute FPFH descriptors of a batch of organized point clouds.
+
+    Args:
+        xyz: Organized clouds of shape ``(B, 3, H, W)``, floating point, in metres. Missing points are
+            exactly ``(0, 0, 0)``; a point is valid iff all three coordinates are non-zero.
+        backend: ``"open3d"`` (reference, CPU, as in BTF) or ``"torch"`` (organized-grid implementation,
+            batched, runs on the device of ``xyz`` and exports to ONNX).
+        voxel_size: Scale of the search radii: normals use ``2 * voxel_size`` and at most 30 neighbours,
+            FPFH ``5 * voxel_size`` and at most 100 neighbours (BTF: 0.05 with metres).
+        **torch_options: Options of the torch backend only, passed to
+            :func:`anomalib_btm.features.fpfh_torch.fpfh_torch`: ``window`` (11), ``normal_window`` (7),
+            ``normal_orientation`` (``"camera"`` or ``"open3d"``), ``selection`` (``"fast"`` or ``"exact"``),
+            ``passes``, ``max_nn``, ``normal_max_nn``, ``compile`` (``torch.compile`` the stages) and
+            ``batch_chunk``.
+
+    Returns:
+        Float32 tensor ``(B, 33, H, W)`` on the device of ``xyz``: the FPFH of each valid point (each
+        11-bin group sums to 200 once a point has neighbours) and zeros at missing points.
+
+    Raises:
+        ValueError: If ``xyz`` has the wrong shape or non-finite values, if ``backend`` is unknown, or if
+            options are given to the Open3D backend.
+
+    Example:
+        >>> xyz = torch.zeros(2, 3, 64, 64)
+        >>> compute_fpfh(xyz).shape
+        torch.Size([2, 33, 64, 64])
+    """
+    if backend not in FPFH_BACKENDS:
+        msg = f"Unknown FPFH backend {backend!r}; choose one of {', '.join(repr(b) for b in FPFH_BACKENDS)}."
+        raise ValueError(msg)
+    _check_xyz(xyz)
+    if voxel_size <= 0:
+        msg = f"`voxel_size` must be positive, got {voxel_size}."
+        raise ValueError(msg)
+    if backend == "open3d":
+        if torch_options:
+            msg = f"Options {sorted(torch_options)} only apply to backend='torch'."
+            raise ValueError(msg)
+        return compute_fpfh_open3d(xyz, voxel_size=voxel_size)
+    from anomalib_btm.features.fpfh_torch import fpfh_torch
+
+    return fpfh_torch(xyz, voxel_size=voxel_size, **torch_options)

@@ -1,0 +1,483 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Greedy k-center coreset selection with flat memory.
+
+A drop-in replacement for :class:`anomalib.models.components.sampling.KCenterGreedy` that selects exactly the same
+indices for the same random state, but allocates all of its buffers once:
+
+1. The embedding ``(N, D)`` is projected to ``k`` Johnson-Lindenstrauss dimensions (``eps = 0.9``) with a very
+   sparse random matrix drawn with the same random calls, in the same order, as anomalib's
+   :class:`~anomalib.models.components.dimensionality_reduction.SparseRandomProjection`.
+2. The first center is drawn with ``torch.randint`` on the embedding's device (as anomalib does); every further
+   center is the point farthest from all centers chosen so far (greedy farthest-point / k-center).
+
+anomalib computes ``torch.linalg.norm(features - center, dim=1)`` on the whole ``(N, k)`` feature matrix at every
+step, allocating a fresh ``N x k`` temporary each time. Here the distances are computed into a work buffer allocated
+once (on CPU chunk by chunk, at most 256 MiB; ``torch.sub(..., out=)`` then ``torch.linalg.vector_norm(..., out=)``)
+and folded into a preallocated min-distance buffer with ``torch.minimum(..., out=)``. The arithmetic is the same
+elementwise subtraction and the same row-wise norm kernel, so the distances, and therefore the selection (including
+ties, which ``torch.max`` breaks the same way), are bit-identical to anomalib's. Nothing proportional to ``N`` is
+allocated per step.
+
+Random state. anomalib draws from *two* global generators: torch's (the number of non-zeros of every projection row,
+their signs, and the first center) and NumPy's (the column positions of the non-zeros, via
+:func:`sklearn.utils.random.sample_without_replacement` with ``random_state=None``). With ``seed=None`` this module
+consumes both global generators exactly like anomalib, so ``torch.manual_seed(s); np.random.seed(s)`` before either
+implementation gives the same coreset. With ``seed=s`` it uses private generators seeded with ``s`` and leaves the
+global state untouched; the result equals anomalib's after ``torch.manual_seed(s); np.random.seed(s)``.
+
+Example:
+    >>> import torch
+    >>> from anomalib_btm.models.btm.coreset import sample_coreset
+    >>> embedding = torch.randn(1000, 64)
+    >>> sample_coreset(embedding, 0.1, seed=0).shape
+    torch.Size([100, 64])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from sklearn.utils.random import sample_without_replacement
+from tqdm import tqdm
+
+__all__ = ["KCenterGreedy", "sample_coreset", "sparse_random_projection_matrix"]
+
+PROJECTION_EPS = 0.9
+"""Johnson-Lindenstrauss distortion used by anomalib's coreset sampler."""
+
+CHUNK_BYTES = 256 * 1024**2
+"""Default size of the distance work buffer on CPU (256 MiB).
+
+Every step runs two large ops per chunk (subtraction and norm), each a parallel region ending in a thread barrier.
+Small, cache-sized chunks are fastest on an idle CPU but collapse when the cores are oversubscribed, because every
+barrier waits for a descheduled thread (100k x 284 features on a 2-core machine at load 5: 60-160 ms per step with
+14 chunks of 8 MiB, about 36 ms with one chunk). Large chunks keep the number of barriers per step small; 256 MiB
+bounds the extra memory.
+"""
+
+SERIAL_SLICE = 16_384
+"""Elements per elementwise-minimum call on CPU: half of ``at::internal::GRAIN_SIZE``, so each call runs serially."""
+
+CHECK_CHUNK_BYTES = 64 * 1024**2
+"""Rows checked at once for NaN / inf (the boolean mask is a quarter of this for float32)."""
+
+
+def _johnson_lindenstrauss_min_dim(n_samples: int, eps: float) -> int:
+    """Return the Johnson-Lindenstrauss dimension exactly as anomalib computes it (NumPy float64, truncated).
+
+    Args:
+        n_samples: Number of rows of the embedding.
+        eps: Maximum distortion.
+
+    Returns:
+        Number of projected dimensions.
+    """
+    denominator = (eps**2 / 2) - (eps**3 / 3)
+    return int((4 * np.log(n_samples) / denominator).astype(np.int64))
+
+
+def _binomial(
+    total_count: float,
+    probs: float,
+    shape: Sequence[int],
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Draw from ``Binomial(total_count, probs)`` with the same RNG use as ``torch.distributions.Binomial.sample``.
+
+    Args:
+        total_count: Number of trials.
+        probs: Success probability (rounded to the default dtype, as ``torch.distributions`` does).
+        shape: Sample shape.
+        generator: Generator to draw from; ``None`` for torch's global CPU generator.
+
+    Returns:
+        Tensor of ``shape`` in the default dtype.
+    """
+    dtype = torch.get_default_dtype()
+    count_t = torch.tensor(total_count, dtype=dtype)
+    probs_t = torch.tensor(probs, dtype=dtype)
+    return torch.binomial(count_t.expand(shape), probs_t.expand(shape), generator=generator)
+
+
+def sparse_random_projection_matrix(
+    n_samples: int,
+    n_features: int,
+    *,
+    eps: float = PROJECTION_EPS,
+    generator: torch.Generator | None = None,
+    numpy_rng: np.random.RandomState | None = None,
+) -> torch.Tensor:
+    """Draw the very sparse random projection matrix used by anomalib's coreset sampler.
+
+    The number of components is the Johnson-Lindenstrauss dimension for ``n_samples`` and ``eps``; the density is
+    ``1 / sqrt(n_features)`` (Li et al., "Very sparse random projections", KDD 2006). The random draws are made in
+    the same order and with the same calls as anomalib's ``SparseRandomProjection.fit``, so with the same random
+    state the matrix is identical.
+
+    Args:
+        n_samples: Number of rows of the embedding to project (sets the output dimension).
+        n_features: Number of columns of the embedding.
+        eps: Johnson-Lindenstrauss distortion. Defaults to ``0.9``.
+        generator: Torch CPU generator for the non-zero counts and signs; ``None`` for the global one.
+        numpy_rng: NumPy random state for the non-zero positions; ``None`` for NumPy's global one.
+
+    Returns:
+        Dense float32 CPU tensor of shape ``(n_components, n_features)``.
+    """
+    n_components = _johnson_lindenstrauss_min_dim(n_samples, eps)
+    if n_components == 0:  # a single sample: nothing to draw (anomalib draws nothing either)
+        return torch.zeros((0, n_features), dtype=torch.float32)
+    density = 1 / np.sqrt(n_features)
+    if density == 1:
+        # A single feature: dense +-1 / sqrt(n_components).
+        signs = _binomial(1, 0.5, (n_components, n_features), generator) * 2 - 1
+        return (1 / np.sqrt(n_components) * signs).to(torch.float32)
+    matrix = torch.zeros((n_components, n_features), dtype=torch.float32)
+    for row in range(n_components):
+        n_nonzero = int(_binomial(n_features, float(density), (), generator).item())
+        columns = sample_without_replacement(n_population=n_features, n_samples=n_nonzero, random_state=numpy_rng)
+        columns_t = torch.as_tensor(np.asarray(columns), dtype=torch.int64)
+        matrix[row, columns_t] = _binomial(1, 0.5, (columns_t.numel(),), generator) * 2 - 1
+    matrix.mul_(float(np.sqrt(1 / density) / np.sqrt(n_components)))
+    return matrix
+
+
+def _min_ratio_selecting_one(n_samples: int) -> float:
+    """Return the smallest float ratio ``r`` with ``int(n_samples * r) >= 1``.
+
+    Args:
+        n_samples: Number of rows.
+
+    Returns:
+        The ratio.
+    """
+    ratio = 1.0 / n_samples
+    while int(n_samples * ratio) < 1:
+        ratio = math.nextafter(ratio, 2.0)
+    return ratio
+
+
+def _validate(embedding: object, sampling_ratio: object) -> int:
+    """Check the arguments of :class:`KCenterGreedy` and return the coreset size.
+
+    Args:
+        embedding: Candidate embedding.
+        sampling_ratio: Candidate sampling ratio.
+
+    Returns:
+        ``int(n_samples * sampling_ratio)``.
+
+    Raises:
+        TypeError: If ``embedding`` is not a tensor or ``sampling_ratio`` is not a real number.
+        ValueError: If an argument has an invalid value.
+    """
+    if not isinstance(embedding, torch.Tensor):
+        msg = f"`embedding` must be a torch.Tensor, got {type(embedding).__name__}."
+        raise TypeError(msg)
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, float, np.integer, np.floating)):
+        msg = f"`sampling_ratio` must be a real number in (0, 1], got {sampling_ratio!r}."
+        raise TypeError(msg)
+    ratio = float(sampling_ratio)
+    if not 0.0 < ratio <= 1.0:
+        msg = f"`sampling_ratio` must be in (0, 1], got {sampling_ratio!r}."
+        raise ValueError(msg)
+    if embedding.ndim != 2:
+        msg = (
+            "`embedding` must be a 2-D tensor of shape (n_samples, n_features), "
+            f"got a {embedding.ndim}-D tensor of shape {tuple(embedding.shape)}."
+        )
+        raise ValueError(msg)
+    n_samples, n_features = embedding.shape
+    if n_samples == 0 or n_features == 0:
+        msg = f"`embedding` must be non-empty, got shape {tuple(embedding.shape)}."
+        raise ValueError(msg)
+    if not embedding.is_floating_point():
+        msg = f"`embedding` must have a floating point dtype, got {embedding.dtype}."
+        raise ValueError(msg)
+    coreset_size = int(n_samples * ratio)
+    if coreset_size < 1:
+        msg = (
+            f"`sampling_ratio`={sampling_ratio!r} selects int({n_samples} * {sampling_ratio!r}) = 0 samples from an "
+            f"`embedding` of {n_samples} rows; use sampling_ratio >= {_min_ratio_selecting_one(n_samples)!r} to "
+            "select at least one."
+        )
+        raise ValueError(msg)
+    bad_row = _first_non_finite_row(embedding)
+    if bad_row is not None:
+        msg = f"`embedding` contains NaN or inf values (first in row {bad_row}); remove or repair those rows."
+        raise ValueError(msg)
+    return coreset_size
+
+
+def _row_chunks(n_rows: int, row_bytes: int, budget_bytes: int) -> Iterator[tuple[int, int]]:
+    """Yield ``(start, stop)`` row ranges whose size is about ``budget_bytes``.
+
+    Args:
+        n_rows: Number of rows.
+        row_bytes: Bytes per row.
+        budget_bytes: Target bytes per chunk.
+
+    Yields:
+        Half-open row ranges covering ``range(n_rows)``.
+    """
+    step = max(1, budget_bytes // max(1, row_bytes))
+    for start in range(0, n_rows, step):
+        yield start, min(start + step, n_rows)
+
+
+def _first_non_finite_row(embedding: torch.Tensor) -> int | None:
+    """Return the index of the first row holding NaN or inf, checking in chunks to keep memory flat.
+
+    Args:
+        embedding: 2-D floating point tensor.
+
+    Returns:
+        Row index, or ``None`` if every value is finite.
+    """
+    row_bytes = embedding.shape[1] * embedding.element_size()
+    for start, stop in _row_chunks(embedding.shape[0], row_bytes, CHECK_CHUNK_BYTES):
+        finite = torch.isfinite(embedding[start:stop]).all(dim=1)
+        if not bool(finite.all()):
+            return start + int(torch.nonzero(~finite)[0, 0])
+    return None
+
+
+class KCenterGreedy:
+    """Greedy k-center coreset selection with the selection of anomalib's ``KCenterGreedy`` and flat memory.
+
+    Args:
+        embedding: Embedding of shape ``(n_samples, n_features)``, float, finite, on any device.
+        sampling_ratio: Fraction of rows to select, in ``(0, 1]``; the coreset has ``int(n_samples *
+            sampling_ratio)`` rows.
+        seed: If given, draw from private generators seeded with it (and leave the global random state alone);
+            the selection then equals anomalib's after ``torch.manual_seed(seed); np.random.seed(seed)``. If
+            ``None`` (default), consume torch's and NumPy's global generators exactly as anomalib does.
+        progress: Show a tqdm progress bar of the selection. Defaults to ``False``.
+        chunk_bytes: Size in bytes of the distance work buffer; ``None`` for 256 MiB on CPU (or less if the
+            projected features are smaller) and the whole ``N x k`` on accelerators. On CPU it changes speed and
+            memory, never the result (the row-wise norm kernel rounds each row the same way whatever the number
+            of rows; on accelerators this is only guaranteed for the default).
+
+    Attributes:
+        embedding: The input embedding.
+        coreset_size: Number of indices :meth:`select_coreset_idxs` returns.
+        n_observations: Number of rows of ``embedding``.
+        projection: The random projection matrix ``(n_components, n_features)`` of the last selection.
+        features: The projected embedding ``(n_samples, n_components)`` of the last selection.
+        min_distances: Distance of every row to its nearest selected center after the last selection.
+
+    Raises:
+        TypeError: If ``embedding`` is not a tensor or ``sampling_ratio`` is not a number.
+        ValueError: If ``sampling_ratio`` is not in ``(0, 1]`` or selects no row, or ``embedding`` is not 2-D,
+            empty, not floating point, or holds NaN / inf.
+
+    Example:
+        >>> import torch
+        >>> embedding = torch.randn(2000, 128)
+        >>> sampler = KCenterGreedy(embedding, sampling_ratio=0.01, seed=0)
+        >>> len(sampler.select_coreset_idxs())
+        20
+    """
+
+    def __init__(
+        self,
+        embedding: torch.Tensor,
+        sampling_ratio: float,
+        *,
+        seed: int | None = None,
+        progress: bool = False,
+        chunk_bytes: int | None = None,
+    ) -> None:
+        self.coreset_size = _validate(embedding, sampling_ratio)
+        if chunk_bytes is not None and chunk_bytes <= 0:
+            msg = f"`chunk_bytes` must be a positive number of bytes, got {chunk_bytes!r}."
+            raise ValueError(msg)
+        self.embedding = embedding
+        self.sampling_ratio = float(sampling_ratio)
+        self.n_observations = embedding.shape[0]
+        self.seed = seed
+        self.progress = progress
+        self.chunk_bytes = chunk_bytes
+        self.projection: torch.Tensor | None = None
+        self.features: torch.Tensor | None = None
+        self.min_distances: torch.Tensor | None = None
+
+    def _generators(
+        self,
+        device: torch.device,
+    ) -> tuple[torch.Generator | None, torch.Generator | None, np.random.RandomState | None]:
+        """Return the CPU generator, the device generator and the NumPy random state for one selection.
+
+        Args:
+            device: Device of the embedding (the first center is drawn there, as anomalib does).
+
+        Returns:
+            ``(cpu_generator, device_generator, numpy_rng)``; all ``None`` for the global generators.
+        """
+        if self.seed is None:
+            return None, None, None
+        cpu = torch.Generator(device="cpu").manual_seed(self.seed)
+        dev = cpu if device.type == "cpu" else torch.Generator(device=device).manual_seed(self.seed)
+        return cpu, dev, np.random.RandomState(self.seed)
+
+    def _project(self, cpu_generator: torch.Generator | None, numpy_rng: np.random.RandomState | None) -> torch.Tensor:
+        """Draw the projection matrix and project the embedding (one ``N x k`` allocation).
+
+        Args:
+            cpu_generator: Torch CPU generator or ``None`` for the global one.
+            numpy_rng: NumPy random state or ``None`` for the global one.
+
+        Returns:
+            Projected features ``(n_samples, n_components)`` in the embedding's dtype, on its device.
+        """
+        n_samples, n_features = self.embedding.shape
+        matrix = sparse_random_projection_matrix(n_samples, n_features, generator=cpu_generator, numpy_rng=numpy_rng)
+        self.projection = matrix.to(self.embedding.device)
+        # Same expression as anomalib's transform, so the BLAS call (and its rounding) is the same.
+        return self.embedding @ self.projection.T.type(self.embedding.dtype)
+
+    def select_coreset_idxs(self, selected_idxs: list[int] | None = None) -> list[int]:
+        """Greedily select the coreset indices.
+
+        Args:
+            selected_idxs: Indices already in the coreset. If ``None`` (default), the first center is drawn at
+                random (anomalib's behaviour) and is part of the result. Otherwise no random center is drawn: the
+                given rows are the initial centers, and ``coreset_size`` *new* indices are returned (they only
+                repeat given ones if all distances reach zero, e.g. with duplicate rows).
+
+        Returns:
+            ``coreset_size`` row indices in selection order.
+
+        Raises:
+            ValueError: If ``selected_idxs`` holds an out-of-range index or leaves fewer than ``coreset_size``
+                rows to choose from.
+        """
+        n = self.n_observations
+        if selected_idxs is not None:
+            bad = [i for i in selected_idxs if not -n <= int(i) < n]
+            if bad:
+                msg = f"`selected_idxs` must index rows of `embedding` (0 <= i < {n}), got {bad[:5]}."
+                raise ValueError(msg)
+            selected_idxs = sorted({int(i) % n for i in selected_idxs})
+            if n - len(selected_idxs) < self.coreset_size:
+                msg = (
+                    f"`selected_idxs` leaves {n - len(selected_idxs)} of {n} rows, fewer than the "
+                    f"{self.coreset_size} to select."
+                )
+                raise ValueError(msg)
+
+        device = self.embedding.device
+        cpu_generator, device_generator, numpy_rng = self._generators(device)
+        features = self._project(cpu_generator, numpy_rng)
+        self.features = features
+        n_components = features.shape[1]
+
+        # All buffers are allocated once, here.
+        row_bytes = max(1, n_components) * features.element_size()
+        budget = self.chunk_bytes
+        if budget is None:
+            # On accelerators one chunk: the reduction kernel's launch configuration (and so its summation order)
+            # may depend on the number of rows, so only anomalib's exact shape is guaranteed to round the same.
+            # anomalib allocates this N x k temporary at every step anyway (its caching allocator reuses it).
+            budget = CHUNK_BYTES if device.type == "cpu" else n * row_bytes
+        chunks = list(_row_chunks(n, row_bytes, budget))
+        chunk_rows = chunks[0][1] - chunks[0][0]
+        work = torch.empty((chunk_rows, n_components), dtype=features.dtype, device=device)
+        distances = torch.empty(chunk_rows, dtype=features.dtype, device=device)
+        min_distances = torch.full((n,), math.inf, dtype=features.dtype, device=device)
+        center = torch.empty((1, n_components), dtype=features.dtype, device=device)
+        max_value = torch.empty((), dtype=features.dtype, device=device)
+        idx = torch.empty((), dtype=torch.int64, device=device)
+        n_picks = self.coreset_size if selected_idxs is None else self.coreset_size + len(selected_idxs)
+        picks = torch.empty(n_picks, dtype=torch.int64, device=device)
+        self.min_distances = min_distances
+
+        # Views into the buffers, made once: (features rows, work rows, distances, [(min_distances, distances)]).
+        # The elementwise minimum is cheap, so on CPU it runs on slices below torch's parallel grain size: serial,
+        # no thread barrier (a parallel minimum over 100k values cost 7 ms instead of 0.1 ms on a loaded machine).
+        fold = SERIAL_SLICE if device.type == "cpu" else max(1, chunk_rows)
+        plan = []
+        for start, stop in chunks:
+            rows = stop - start
+            folds = [
+                (min_distances[start + lo : start + min(lo + fold, rows)], distances[lo : min(lo + fold, rows)])
+                for lo in range(0, rows, fold)
+            ]
+            plan.append((features[start:stop], work[:rows], distances[:rows], folds))
+
+        def add_center(index: torch.Tensor) -> None:
+            """Fold the distances to row ``index`` (a 1-element int64 tensor) into ``min_distances``."""
+            torch.index_select(features, 0, index, out=center)
+            for feature_rows, work_rows, chunk_distances, folds in plan:
+                torch.sub(feature_rows, center, out=work_rows)
+                torch.linalg.vector_norm(work_rows, ord=2, dim=1, out=chunk_distances)
+                for min_part, distance_part in folds:
+                    torch.minimum(min_part, distance_part, out=min_part)
+
+        if selected_idxs is None:
+            # anomalib: idx = torch.randint(high=n, size=(1,), device=features.device)
+            torch.randint(high=n, size=(1,), device=device, generator=device_generator, out=picks[:1])
+            n_done = 1
+        else:
+            picks[: len(selected_idxs)] = torch.tensor(selected_idxs, dtype=torch.int64)
+            n_done = len(selected_idxs)
+            for i in range(n_done - 1):
+                add_center(picks[i : i + 1])
+            min_distances.index_fill_(0, picks[:n_done], 0.0)
+
+        with tqdm(
+            total=self.coreset_size,
+            initial=1 if selected_idxs is None else 0,
+            desc="Selecting coreset",
+            unit="pts",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=True,
+        ) as bar:
+            for i in range(n_done, n_picks):
+                add_center(picks[i - 1 : i])
+                torch.max(min_distances, dim=0, out=(max_value, idx))
+                min_distances.index_fill_(0, idx.view(1), 0.0)
+                picks[i] = idx
+                bar.update(1)
+
+        start = 0 if selected_idxs is None else len(selected_idxs)
+        return picks[start:].tolist()
+
+    def sample_coreset(self, selected_idxs: list[int] | None = None) -> torch.Tensor:
+        """Select the coreset and return its rows.
+
+        Args:
+            selected_idxs: See :meth:`select_coreset_idxs`.
+
+        Returns:
+            The selected rows of ``embedding``, full dimensional: ``(coreset_size, n_features)``.
+        """
+        idxs = self.select_coreset_idxs(selected_idxs)
+        return self.embedding[torch.tensor(idxs, dtype=torch.int64, device=self.embedding.device)]
+
+
+def sample_coreset(
+    embedding: torch.Tensor,
+    sampling_ratio: float,
+    *,
+    progress: bool = False,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """Return a greedy k-center coreset of ``embedding`` (the rows anomalib's ``KCenterGreedy`` would pick).
+
+    Args:
+        embedding: Embedding of shape ``(n_samples, n_features)``.
+        sampling_ratio: Fraction of rows to keep, in ``(0, 1]``.
+        progress: Show a progress bar. Defaults to ``False``.
+        seed: Seed for private generators; ``None`` (default) uses the global torch and NumPy generators.
+
+    Returns:
+        Tensor ``(int(n_samples * sampling_ratio), n_features)`` of rows of ``embedding``.
+    """
+    return KCenterGreedy(embedding, sampling_ratio, seed=seed, progress=progress).sample_coreset()
