@@ -346,9 +346,9 @@ class KCenterGreedy:
 
         Args:
             selected_idxs: Indices already in the coreset. If ``None`` (default), the first center is drawn at
-                random (anomalib's behaviour) and is part of the result. Otherwise no random center is drawn: the
-                given rows are the initial centers, and ``coreset_size`` *new* indices are returned (they only
-                repeat given ones if all distances reach zero, e.g. with duplicate rows).
+                random (anomalib's behaviour) and is part of the result; an empty list means the same. Otherwise no
+                random center is drawn: the given rows are the initial centers, and ``coreset_size`` *new* indices
+                are returned (they only repeat given ones if all distances reach zero, e.g. with duplicate rows).
 
         Returns:
             ``coreset_size`` row indices in selection order.
@@ -358,6 +358,8 @@ class KCenterGreedy:
                 rows to choose from.
         """
         n = self.n_observations
+        if selected_idxs is not None and len(selected_idxs) == 0:
+            selected_idxs = None  # nothing selected yet: start from a random point, as anomalib does
         if selected_idxs is not None:
             bad = [i for i in selected_idxs if not -n <= int(i) < n]
             if bad:

@@ -148,6 +148,12 @@ def test_selected_idxs_continue_the_greedy_sequence() -> None:
     assert torch.equal(coreset, embedding[full[1:]])
 
 
+def test_empty_selected_idxs_is_like_none() -> None:
+    embedding = _embedding(300, 8)
+    expected = KCenterGreedy(embedding, 0.1, seed=4).select_coreset_idxs()
+    assert KCenterGreedy(embedding, 0.1, seed=4).select_coreset_idxs(selected_idxs=[]) == expected
+
+
 def test_selected_idxs_several_centers() -> None:
     embedding = _embedding(300, 8)
     given = [5, 17, 200]
@@ -241,9 +247,10 @@ def test_bad_chunk_bytes() -> None:
         KCenterGreedy(_embedding(10, 4), 0.5, chunk_bytes=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_same_selection_as_anomalib() -> None:
-    embedding = _embedding(2000, 64).cuda()
+def test_accelerator_same_selection_as_anomalib() -> None:
+    # On CUDA where a GPU is present (never required); on the CPU otherwise, through the same device-agnostic path.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    embedding = _embedding(2000, 64).to(device)
     expected = _anomalib_idxs(embedding, 0.05, 0)
     assert _our_idxs(embedding, 0.05, 0) == expected
     assert KCenterGreedy(embedding, 0.05, seed=0).select_coreset_idxs() == expected
