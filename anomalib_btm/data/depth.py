@@ -748,3 +748,58 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def check_sample_files(
+    image_paths: Sequence[str | Path], depth_paths: Sequence[str | Path], tolerance: float = 0.02
+) -> None:
+    """Check RGB + XYZ file pairs before a run, reading headers only.
+
+    Catches what would otherwise fail deep inside a data-loader worker, or silently: a missing or unreadable XYZ
+    TIFF, a TIFF that is not an ``(H, W, 3)`` cloud, and an RGB image whose aspect ratio differs from its cloud's by
+    more than ``tolerance`` (a resize cannot align those; the same aspect ratio at another resolution is fine, the
+    model resizes the cloud with nearest interpolation).
+
+    Args:
+        image_paths (Sequence[str | Path]): RGB files.
+        depth_paths (Sequence[str | Path]): XYZ TIFF files, pixel-aligned with ``image_paths``.
+        tolerance (float): Allowed relative difference of the aspect ratios.
+
+    Raises:
+        FileNotFoundError: If a file is missing.
+        ValueError: If a TIFF is unreadable or not a cloud, or a pair's aspect ratios differ; names the files.
+    """
+    import tifffile
+    from PIL import Image, UnidentifiedImageError
+
+    for image_path, depth_path in zip(image_paths, depth_paths, strict=True):
+        depth_path = Path(depth_path)
+        if not depth_path.is_file():
+            msg = f"XYZ file {depth_path} is missing; restore it or remove its sample ({image_path}) from the dataset."
+            raise FileNotFoundError(msg)
+        try:
+            with tifffile.TiffFile(depth_path) as tif:
+                shape = tuple(tif.series[0].shape)
+        except Exception as error:
+            msg = f"XYZ file {depth_path} is not a readable TIFF ({error}); re-export it as an (H, W, 3) float32 TIFF."
+            raise ValueError(msg) from error
+        if len(shape) != 3 or shape[-1] != 3:
+            msg = (
+                f"XYZ file {depth_path} holds an array of shape {shape}, not an organized (H, W, 3) cloud; "
+                "convert depth images with python -m anomalib_btm.data.depth."
+            )
+            raise ValueError(msg)
+        try:
+            with Image.open(image_path) as image:
+                width, height = image.size
+        except (OSError, UnidentifiedImageError) as error:
+            msg = f"RGB file {image_path} cannot be read ({error}); restore it or remove the sample."
+            raise ValueError(msg) from error
+        rgb_ratio, xyz_ratio = width / height, shape[1] / shape[0]
+        if abs(rgb_ratio - xyz_ratio) > tolerance * xyz_ratio:
+            msg = (
+                f"RGB {image_path} is {width}×{height} but XYZ {depth_path} is {shape[1]}×{shape[0]}: their aspect "
+                "ratios differ, so no resize aligns them. Pair each image with the cloud captured with it, or crop "
+                "both alike."
+            )
+            raise ValueError(msg)

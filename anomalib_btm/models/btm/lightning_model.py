@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_btm.data.depth import check_metric_units, check_sample_files
 from anomalib_btm.visualize import BTMVisualizer
 
 from .torch_model import BTMModel
@@ -192,9 +193,11 @@ class BTM(MemoryBankMixin, AnomalibModule):
         """
         return
 
-    @staticmethod
-    def _inputs(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The RGB image and, when the batch carries one, the organized point cloud.
+    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The RGB image and, when the batch carries one and the model uses it, the checked organized point cloud.
+
+        Each cloud is checked (shape, NaN/inf, at least one valid point, metric units) and a bad one raises an error
+        that names its file, instead of failing inside FPFH or silently producing zero features.
 
         Args:
             batch (Batch): An anomalib ``ImageBatch`` or ``DepthBatch``.
@@ -202,7 +205,38 @@ class BTM(MemoryBankMixin, AnomalibModule):
         Returns:
             tuple[torch.Tensor, torch.Tensor | None]: ``image`` and ``depth_map`` (or ``None``).
         """
-        return batch.image, getattr(batch, "depth_map", None)
+        xyz = getattr(batch, "depth_map", None)
+        if xyz is not None and self.model.modality != "rgb" and self.model.resolved_modality != "rgb":
+            paths = getattr(batch, "depth_path", None) or [None] * len(xyz)
+            if xyz.dim() != 4 or xyz.shape[1] != 3:
+                msg = f"depth_map must be (B, 3, H, W) organized XYZ clouds, got {tuple(xyz.shape)} (files {paths})."
+                raise ValueError(msg)
+            for cloud, path in zip(xyz, paths, strict=True):
+                check_metric_units(cloud.permute(1, 2, 0).detach().cpu().numpy(), path)
+        return batch.image, xyz
+
+    def _check_files(self, *splits: str) -> None:
+        """Check the datamodule's RGB + XYZ files (headers only) before a run; see ``check_sample_files``.
+
+        Args:
+            *splits (str): Dataset attributes of the datamodule (``"train_data"``, ``"test_data"``...).
+        """
+        if self.model.modality == "rgb":
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for split in splits:
+            samples = getattr(getattr(datamodule, split, None), "samples", None)
+            if samples is None or "depth_path" not in getattr(samples, "columns", ()):
+                continue
+            check_sample_files(list(samples["image_path"]), list(samples["depth_path"]))
+
+    def on_fit_start(self) -> None:
+        """Check the training and validation files before the first batch."""
+        self._check_files("train_data", "val_data")
+
+    def on_test_start(self) -> None:
+        """Check the test files before the first batch."""
+        self._check_files("test_data")
 
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
         """Collect the patch embeddings of a training batch.
