@@ -473,3 +473,16 @@ def test_folder3d_reads_converted_example(tmp_path: Path) -> None:
         else:
             assert not test.gt_mask[index].any()
     assert test.gt_mask.shape == (6, SIZE, SIZE)
+
+    # BTM trains and tests on it through anomalib's Engine; "auto" picks up the clouds.
+    from anomalib.engine import Engine
+
+    from anomalib_btm import BTM
+
+    model = BTM(backbone="resnet18", pre_trained=False)
+    engine = Engine(default_root_dir=tmp_path / "results", logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    metrics = engine.test(model=model, datamodule=datamodule)[0]
+    assert model.model.resolved_modality == "rgb+xyz"
+    assert model.model.memory_bank.shape[1] == 128 + 256 + 33
+    assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(metrics)
