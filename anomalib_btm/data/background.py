@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from anomalib_btm.data.depth import atomic_write, read_xyz, validate_xyz, write_xyz
+from anomalib_btm.data.depth import atomic_write, check_number, read_xyz, validate_xyz, write_xyz
 
 __all__ = ["foreground_mask", "main", "remove_background", "remove_background_cached", "remove_background_dir"]
 
@@ -62,14 +62,7 @@ def _check_int(name: str, value: int, minimum: int) -> int:
 
 
 def _check_float(name: str, value: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        msg = f"{name}={value!r} is invalid; pass a finite number > 0 (metres)."
-        raise ValueError(msg)
-    return number
+    return check_number(name, value, unit=" (metres)")
 
 
 def _largest_cluster(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:

@@ -108,24 +108,24 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     return path
 
 
-def _check_positive(name: str, value: float) -> float:
+def check_number(name: str, value: float, positive: bool = True, unit: str = "") -> float:
+    """Return ``value`` as a float, or raise a ``ValueError`` naming the argument.
+
+    Args:
+        name (str): Argument name for the message.
+        value (float): The value.
+        positive (bool): Require ``value > 0`` (else only finiteness).
+        unit (str): Unit named in the message, e.g. ``" (metres)"``.
+
+    Returns:
+        float: The value.
+    """
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        msg = f"{name}={value!r} is invalid; pass a finite number > 0."
-        raise ValueError(msg)
-    return number
-
-
-def _check_finite(name: str, value: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        msg = f"{name}={value!r} is invalid; pass a finite number."
+    if not math.isfinite(number) or (positive and number <= 0):
+        msg = f"{name}={value!r} is invalid; pass a finite number{' > 0' if positive else ''}{unit}."
         raise ValueError(msg)
     return number
 
@@ -169,11 +169,11 @@ def depth_to_xyz(
         ValueError: If ``depth`` is not a single-channel image, contains NaN/inf or negative values, or an intrinsic
             parameter or ``depth_scale`` is not finite (focal lengths and scale must also be > 0).
     """
-    fx = _check_positive("fx", fx)
-    fy = _check_positive("fy", fy)
-    cx = _check_finite("cx", cx)
-    cy = _check_finite("cy", cy)
-    depth_scale = _check_positive("depth_scale", depth_scale)
+    fx = check_number("fx", fx)
+    fy = check_number("fy", fy)
+    cx = check_number("cx", cx, positive=False)
+    cy = check_number("cy", cy, positive=False)
+    depth_scale = check_number("depth_scale", depth_scale)
 
     array = np.asarray(depth)
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -309,7 +309,7 @@ def _parse_camera(data: Mapping[str, Any]) -> tuple[dict[str, float], tuple[int,
         return None
     intrinsics = {"fx": fx, "fy": fy, "cx": cx, "cy": cy}
     for name, value in intrinsics.items():
-        intrinsics[name] = (_check_positive if name.startswith("f") else _check_finite)(name, value)
+        intrinsics[name] = check_number(name, value, positive=name.startswith("f"))
 
     width, height = _first(keys, _WIDTH_KEYS), _first(keys, _HEIGHT_KEYS)
     size: tuple[int, int] | None = None
@@ -646,7 +646,7 @@ def convert_depth_dir(
         camera = {key: float(intrinsics[key]) for key in ("fx", "fy", "cx", "cy")}
     else:
         camera, size = _read_camera(intrinsics)
-    depth_scale = _check_positive("depth_scale", depth_scale)
+    depth_scale = check_number("depth_scale", depth_scale)
 
     sources = _list_inputs(input_dir, pattern)
     if not sources:
