@@ -254,5 +254,16 @@ class XYZBranch(nn.Module):
             torch.Tensor: ``(B, 33, h, w)`` patch features.
         """
         xyz = resize_xyz(xyz.float(), image_size)
-        fpfh = compute_fpfh(xyz, backend=self.fpfh_backend, voxel_size=self.voxel_size)
+        return self.pool(compute_fpfh(xyz, backend=self.fpfh_backend, voxel_size=self.voxel_size), grid)
+
+    def pool(self, fpfh: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch features from a per-pixel FPFH map: 3 × 3 mean, then pooled to the patch grid.
+
+        Args:
+            fpfh (torch.Tensor): ``(B, 33, H, W)`` FPFH map at the working size.
+            grid (tuple[int, int]): Patch grid ``(h, w)``.
+
+        Returns:
+            torch.Tensor: ``(B, 33, h, w)`` patch features.
+        """
         return resize_features(self.pooler(fpfh), grid)

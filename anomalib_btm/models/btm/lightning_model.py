@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.post_processing import PostProcessor
@@ -42,7 +42,17 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 from anomalib_btm.data.depth import check_metric_units, check_sample_files
 from anomalib_btm.visualize import BTMVisualizer
 
+from .export import check_compression, export_onnx, quantize_ptq
 from .torch_model import BTMModel
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anomalib import TaskType
+    from anomalib.data import AnomalibDataModule
+    from anomalib.deploy.export import CompressionType
+    from openvino import CompiledModel
+    from torchmetrics import Metric
 
 logger = logging.getLogger(__name__)
 
@@ -318,6 +328,111 @@ class BTM(MemoryBankMixin, AnomalibModule):
     def on_test_end(self) -> None:
         """Log the accumulated per-phase timings."""
         logger.info("BTM timings:\n%s", self.model.timer.summary())
+
+    def forward(self, batch: torch.Tensor, xyz: torch.Tensor | None = None, *args, **kwargs) -> InferenceBatch:  # noqa: ANN002, ANN003
+        """Whole inference pipeline on raw inputs: pre-processor, model, post-processor (what an export computes).
+
+        Args:
+            batch (torch.Tensor): ``(N, 3, H, W)`` RGB images in ``[0, 1]``.
+            xyz (torch.Tensor | None): ``(N, 3, Hx, Wx)`` organized clouds in metres (RGB + 3D and 3D-only models).
+            *args: Unused.
+            **kwargs: Unused.
+
+        Returns:
+            InferenceBatch: ``pred_score``, ``pred_label``, ``anomaly_map`` and ``pred_mask``.
+        """
+        del args, kwargs
+        image = self.pre_processor(batch) if self.pre_processor else batch
+        predictions = self.model(image, xyz)
+        return self.post_processor(predictions) if self.post_processor else predictions
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Export the whole pipeline to ONNX; RGB + 3D models get two inputs, ``image`` and ``xyz``.
+
+        See :mod:`anomalib_btm.models.btm.export`. The batch axis is dynamic; so are the image's height and width
+        unless ``input_size`` fixes them, and the cloud's (it is resized to the working size in the graph). An
+        RGB-only model exports anomalib's single input ``input``.
+
+        Args:
+            export_root (Path | str): Output folder (the file goes to ``export_root/weights/onnx``).
+            model_file_name (str): File name without suffix.
+            input_size (tuple[int, int] | None): Fixed image ``(H, W)``, or ``None`` for dynamic.
+            **kwargs: Passed to ``torch.onnx.export`` (``opset_version``...). ``dynamo=False`` is rejected as in
+                anomalib.
+
+        Returns:
+            Path: The ``.onnx`` file.
+        """
+        return export_onnx(self, export_root, model_file_name, input_size, **kwargs)
+
+    def to_openvino(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        compression_type: CompressionType | None = None,
+        datamodule: AnomalibDataModule | None = None,
+        metric: Metric | None = None,
+        task: TaskType | None = None,
+        max_drop: float = 0.01,
+        ov_kwargs: dict[str, Any] | None = None,
+        onnx_kwargs: dict[str, Any] | None = None,
+    ) -> Path:
+        """Export to OpenVINO IR (see :meth:`to_onnx`), with anomalib's compression options.
+
+        ``int8_ptq`` calibrates with both inputs of an RGB + 3D model (images and clouds of the datamodule's
+        validation split); ``int8_acq`` is available for RGB-only models and refused with a clear message otherwise.
+
+        Args:
+            export_root (Path | str): Output folder (the IR goes to ``export_root/weights/openvino``).
+            model_file_name (str): File name without suffix.
+            input_size (tuple[int, int] | None): Fixed image ``(H, W)``, or ``None`` for dynamic.
+            compression_type (CompressionType | None): ``fp16``, ``int8``, ``int8_ptq`` or ``int8_acq``.
+            datamodule (AnomalibDataModule | None): Calibration data for ``int8_ptq`` / ``int8_acq``.
+            metric (Metric | None): Metric of ``int8_acq``.
+            task (TaskType | None): Task of ``int8_acq``.
+            max_drop (float): Accepted accuracy drop of ``int8_acq``.
+            ov_kwargs (dict[str, Any] | None): Passed to ``openvino.convert_model``.
+            onnx_kwargs (dict[str, Any] | None): Passed to :meth:`to_onnx`.
+
+        Returns:
+            Path: The ``.xml`` file.
+        """
+        check_compression(self, compression_type, datamodule)
+        return super().to_openvino(
+            export_root,
+            model_file_name,
+            input_size,
+            compression_type,
+            datamodule,
+            metric,
+            task,
+            max_drop,
+            ov_kwargs,
+            onnx_kwargs,
+        )
+
+    def _post_training_quantization_ov(
+        self,
+        model: CompiledModel,
+        datamodule: AnomalibDataModule | None = None,
+    ) -> CompiledModel:
+        """INT8 post-training quantization calibrated with every input of the graph (``image`` and ``xyz``).
+
+        Args:
+            model (CompiledModel): OpenVINO model.
+            datamodule (AnomalibDataModule | None): Calibration data (its validation split).
+
+        Returns:
+            CompiledModel: The quantized model.
+        """
+        return quantize_ptq(model, datamodule, self.model.resolved_modality or "rgb")
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

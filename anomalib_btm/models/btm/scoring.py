@@ -64,7 +64,8 @@ def knn(
         bank (torch.Tensor): ``(M, D)`` memory bank, ``M >= k``.
         k (int): Number of neighbours.
         chunk_size (int | None): Queries per distance block, which bounds memory at ``chunk_size × M``
-            floats. ``None`` computes one block (used for export, where shapes must stay symbolic).
+            floats. ``None`` computes one block, as does any export (``torch.compiler.is_exporting()``), where
+            shapes must stay symbolic.
 
     Returns:
         tuple[torch.Tensor, torch.Tensor]: ``(N, k)`` distances (not squared) and ``(N, k)`` bank indices.
@@ -79,7 +80,8 @@ def knn(
         )
         raise ValueError(msg)
     bank_sq_norms = bank.pow(2).sum(dim=1)
-    if chunk_size is None or queries.shape[0] <= chunk_size:
+    # Exported graphs take one block: a loop over chunks would fix the batch size in the graph.
+    if chunk_size is None or torch.compiler.is_exporting() or queries.shape[0] <= chunk_size:
         sq, idx = squared_distances(queries, bank, bank_sq_norms).topk(k, dim=1, largest=False)
         return sq.sqrt(), idx
     dists, idxs = [], []

@@ -1,0 +1,180 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""OpenVINO inferencer for exported BTM models, RGB + 3D (inputs ``image`` and ``xyz``) or RGB only.
+
+anomalib's ``OpenVINOInferencer`` feeds a single input; an RGB + 3D BTM IR has two. :class:`BTMInferencer` feeds both
+and returns the same :class:`~anomalib.data.NumpyImageBatch` fields (``pred_score``, ``pred_label``, ``anomaly_map``,
+``pred_mask``). It compiles in float32 (``INFERENCE_PRECISION_HINT=f32``): on CPUs with bfloat16 support (AVX512-BF16,
+AMX) OpenVINO otherwise computes in bfloat16, whose 8-bit mantissa cannot resolve millimetre point spacings at
+half a metre, and the FPFH part of the graph returns different descriptors.
+
+Example:
+    >>> from anomalib_btm.deploy import BTMInferencer
+    >>> inferencer = BTMInferencer("results/weights/openvino/model.xml")  # doctest: +SKIP
+    >>> result = inferencer.predict(image="test/crack/rgb/000.png", xyz="test/crack/xyz/000.tiff")  # doctest: +SKIP
+    >>> result.pred_score, result.pred_label  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anomalib.data import NumpyImageBatch
+from PIL import Image
+
+from anomalib_btm.data.depth import check_metric_units, read_xyz
+
+__all__ = ["F32_CONFIG", "BTMInferencer", "load_image", "load_xyz"]
+
+F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+"""OpenVINO compile options of :class:`BTMInferencer` (FPFH needs float32, see the module docstring)."""
+
+ImageInput = str | Path | np.ndarray | torch.Tensor | Image.Image
+
+
+def _batched_chw(array: np.ndarray, name: str, source: str) -> np.ndarray:
+    """``(H, W, 3)``, ``(3, H, W)``, ``(N, H, W, 3)`` or ``(N, 3, H, W)`` → float32 ``(N, 3, H, W)``."""
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or 3 not in (array.shape[1], array.shape[-1]):
+        msg = f"`{name}` ({source}) must be (H, W, 3), (3, H, W) or batched, got shape {array.shape}."
+        raise ValueError(msg)
+    if array.shape[1] != 3:
+        array = array.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def load_image(image: ImageInput) -> np.ndarray:
+    """An RGB image (file, PIL image, array or tensor) as float32 ``(N, 3, H, W)`` in ``[0, 1]``.
+
+    Args:
+        image (ImageInput): Path of an image file, a PIL image, or an array/tensor ``(H, W, 3)``, ``(3, H, W)`` or
+            batched; integer arrays (``uint8``) and float arrays with values above 1 are divided by 255.
+
+    Returns:
+        np.ndarray: ``(N, 3, H, W)`` float32 image batch.
+
+    Raises:
+        FileNotFoundError: If a path does not exist.
+        ValueError: If the file cannot be read or the array has the wrong shape.
+    """
+    source = "array"
+    if isinstance(image, str | Path):
+        source = str(image)
+        if not Path(image).is_file():
+            msg = f"Image {image} does not exist."
+            raise FileNotFoundError(msg)
+        try:
+            with Image.open(image) as handle:
+                image = handle.convert("RGB")
+        except OSError as error:
+            msg = f"Image {source} could not be read ({error})."
+            raise ValueError(msg) from error
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    scale = array.dtype.kind in "ui" or (array.size > 0 and float(array.max()) > 1.0)
+    array = _batched_chw(array.astype(np.float32), "image", source)
+    return array / 255.0 if scale else array
+
+
+def load_xyz(xyz: str | Path | np.ndarray | torch.Tensor) -> np.ndarray:
+    """An organized cloud (TIFF file, array or tensor, metres) as checked float32 ``(N, 3, H, W)``.
+
+    Args:
+        xyz (str | Path | np.ndarray | torch.Tensor): Path of an XYZ TIFF (MVTec 3D-AD layout) or an array/tensor
+            ``(H, W, 3)``, ``(3, H, W)`` or batched, missing points ``(0, 0, 0)``.
+
+    Returns:
+        np.ndarray: ``(N, 3, H, W)`` float32 clouds.
+
+    Raises:
+        FileNotFoundError: If a path does not exist.
+        ValueError: If the cloud is malformed (NaN, wrong shape, no valid point) or not in metres.
+    """
+    if isinstance(xyz, str | Path):
+        return _batched_chw(read_xyz(xyz), "xyz", str(xyz))
+    if isinstance(xyz, torch.Tensor):
+        xyz = xyz.detach().cpu().numpy()
+    array = _batched_chw(np.asarray(xyz, dtype=np.float32), "xyz", "array")
+    for cloud in array:
+        check_metric_units(cloud.transpose(1, 2, 0), None)
+    return array
+
+
+class BTMInferencer:
+    """Run an exported BTM (OpenVINO IR ``.xml`` or ``.onnx``) on RGB images and organized point clouds.
+
+    Args:
+        path (str | Path): ``model.xml`` (with its ``.bin``) or ``model.onnx`` from ``anomalib export``.
+        device (str): OpenVINO device (``"CPU"``, ``"GPU"``, ``"AUTO"``...).
+        config (dict[str, Any] | None): Extra OpenVINO compile options, applied over :data:`F32_CONFIG`.
+
+    Raises:
+        FileNotFoundError: If the model file does not exist.
+        ValueError: If the file is not an IR/ONNX model or not a BTM export.
+    """
+
+    def __init__(self, path: str | Path, device: str = "CPU", config: dict[str, Any] | None = None) -> None:
+        import openvino as ov
+
+        path = Path(path)
+        if not path.is_file():
+            msg = f"Model {path} does not exist; export one with `anomalib export --model BTM --export_type openvino`."
+            raise FileNotFoundError(msg)
+        if path.suffix not in {".xml", ".onnx"}:
+            msg = f"Model {path} must be an OpenVINO IR (.xml) or ONNX (.onnx) file."
+            raise ValueError(msg)
+        core = ov.Core()
+        model = core.read_model(path)
+        self.input_names = [model_input.any_name for model_input in model.inputs]
+        if self.input_names not in (["input"], ["image", "xyz"]):
+            msg = f"Model {path} has inputs {self.input_names}, not those of a BTM export (image, xyz) or (input)."
+            raise ValueError(msg)
+        self.device = device
+        self.model = core.compile_model(model, device, {**F32_CONFIG, **(config or {})})
+
+    @property
+    def uses_xyz(self) -> bool:
+        """Whether the model takes a point cloud (RGB + 3D or 3D-only export)."""
+        return "xyz" in self.input_names
+
+    def predict(
+        self,
+        image: ImageInput,
+        xyz: str | Path | np.ndarray | torch.Tensor | None = None,
+    ) -> NumpyImageBatch:
+        """Score one sample or a batch.
+
+        Args:
+            image (ImageInput): RGB image(s): a file path, PIL image, or array/tensor (see :func:`load_image`).
+            xyz (str | Path | np.ndarray | torch.Tensor | None): Organized cloud(s) in metres: an XYZ TIFF path or an
+                array/tensor (see :func:`load_xyz`); required by RGB + 3D models.
+
+        Returns:
+            NumpyImageBatch: ``image`` (as fed), ``pred_score``, ``pred_label``, ``anomaly_map`` and ``pred_mask``.
+
+        Raises:
+            ValueError: If ``xyz`` is missing for an RGB + 3D model, or images and clouds differ in number.
+        """
+        images = load_image(image)
+        if self.uses_xyz:
+            if xyz is None:
+                msg = "This BTM model uses point clouds: pass `xyz` (an XYZ TIFF path or an (H, W, 3) array in metres)."
+                raise ValueError(msg)
+            clouds = load_xyz(xyz)
+            if clouds.shape[0] != images.shape[0]:
+                msg = f"Got {images.shape[0]} image(s) but {clouds.shape[0]} cloud(s); pass one cloud per image."
+                raise ValueError(msg)
+            feed = {"image": images, "xyz": clouds}
+        else:
+            feed = {self.input_names[0]: images}
+        outputs = self.model(feed)
+        predictions = {next(iter(port.names)): value for port, value in outputs.items()}
+        return NumpyImageBatch(image=images, **predictions)
