@@ -1,0 +1,151 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""BTMInferencer and ``python -m anomalib_btm.deploy``: inputs from files/arrays/tensors, clear errors, outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from torch import nn
+
+from anomalib_btm.deploy import BTMInferencer
+from anomalib_btm.deploy.__main__ import main
+from anomalib_btm.deploy.inferencer import load_image, load_xyz
+
+OUTPUTS = ["pred_score", "pred_label", "anomaly_map", "pred_mask"]
+
+
+class _TwoInputs(nn.Module):
+    """A stand-in with a BTM export's interface (image, xyz → anomalib's four outputs), cheap to export."""
+
+    def forward(self, image: torch.Tensor, xyz: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        score = image.mean(dim=(1, 2, 3)) + xyz[:, 2].mean(dim=(1, 2))
+        anomaly_map = image.mean(dim=1, keepdim=True)
+        return score, score > 0.5, anomaly_map, anomaly_map > 0.5
+
+
+@pytest.fixture(scope="module")
+def two_input_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ir") / "model.onnx"
+    batch, height, width = (torch.export.Dim(name, min=2) for name in ("batch", "height", "width"))
+    xyz_h, xyz_w = torch.export.Dim("xyz_h", min=2), torch.export.Dim("xyz_w", min=2)
+    torch.onnx.export(
+        _TwoInputs().eval(),
+        (torch.rand(2, 3, 8, 8), torch.rand(2, 3, 6, 6)),
+        str(path),
+        input_names=["image", "xyz"],
+        output_names=OUTPUTS,
+        dynamo=True,
+        dynamic_shapes=({0: batch, 2: height, 3: width}, {0: batch, 2: xyz_h, 3: xyz_w}),
+        verbose=False,
+    )
+    return path
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    v, u = np.meshgrid(np.linspace(-0.02, 0.02, 24), np.linspace(-0.02, 0.02, 20))
+    xyz = np.stack([u, v, 0.4 + 0.1 * u], axis=-1).astype(np.float32)
+    image_path, xyz_path = tmp_path / "000.png", tmp_path / "000.tiff"
+    Image.fromarray(rgb).save(image_path)
+    tifffile.imwrite(xyz_path, xyz)
+    return image_path, xyz_path, rgb, xyz
+
+
+def test_load_image_accepts_files_arrays_and_tensors(sample: tuple) -> None:
+    image_path, _, rgb, _ = sample
+    expected = rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255
+    np.testing.assert_allclose(load_image(image_path), expected, atol=1e-7)
+    np.testing.assert_allclose(load_image(rgb), expected, atol=1e-7)
+    np.testing.assert_allclose(load_image(torch.from_numpy(expected[0])), expected, atol=1e-7)
+    np.testing.assert_allclose(load_image(Image.open(image_path)), expected, atol=1e-7)
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
+        load_image(image_path.parent / "missing.png")
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        load_image(np.zeros((4, 5)))
+
+
+def test_load_xyz_checks_units_and_values(sample: tuple, tmp_path: Path) -> None:
+    _, xyz_path, _, xyz = sample
+    np.testing.assert_array_equal(load_xyz(xyz_path), xyz.transpose(2, 0, 1)[None])
+    np.testing.assert_array_equal(load_xyz(torch.from_numpy(xyz)), xyz.transpose(2, 0, 1)[None])
+    millimetres = tmp_path / "mm.tiff"
+    tifffile.imwrite(millimetres, xyz * 1000)
+    with pytest.raises(ValueError, match=r"mm\.tiff.*metres|metres.*mm\.tiff"):
+        load_xyz(millimetres)
+    with pytest.raises(ValueError, match="NaN"):
+        load_xyz(np.full((4, 4, 3), np.nan, dtype=np.float32))
+
+
+def test_inferencer_feeds_both_inputs(two_input_model: Path, sample: tuple) -> None:
+    image_path, xyz_path, rgb, xyz = sample
+    inferencer = BTMInferencer(two_input_model)
+    assert inferencer.uses_xyz
+    result = inferencer.predict(image_path, xyz_path)
+    expected = rgb.astype(np.float32).mean() / 255 + xyz[..., 2].mean()
+    np.testing.assert_allclose(result.pred_score, [expected], rtol=1e-5)
+    assert result.anomaly_map.shape[-2:] == (20, 24)
+    batch = inferencer.predict(np.stack([rgb, rgb]), torch.from_numpy(np.stack([xyz, xyz])))
+    np.testing.assert_allclose(batch.pred_score, [expected, expected], rtol=1e-5)
+
+
+def test_inferencer_errors_name_the_problem(two_input_model: Path, sample: tuple, tmp_path: Path) -> None:
+    image_path, _, rgb, xyz = sample
+    with pytest.raises(FileNotFoundError, match="anomalib export"):
+        BTMInferencer(tmp_path / "none.xml")
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"\.xml.*\.onnx"):
+        BTMInferencer(tmp_path / "model.pt")
+    inferencer = BTMInferencer(two_input_model)
+    with pytest.raises(ValueError, match="pass `xyz`"):
+        inferencer.predict(image_path)
+    with pytest.raises(ValueError, match="one cloud per image"):
+        inferencer.predict(np.stack([rgb, rgb]), xyz)
+
+
+def test_cli_writes_score_label_and_overlay(two_input_model: Path, sample: tuple, tmp_path: Path) -> None:
+    image_path, xyz_path, _, _ = sample
+    output = tmp_path / "out"
+    assert (
+        main([str(two_input_model), "--image", str(image_path), "--xyz", str(xyz_path), "--output", str(output)]) == 0
+    )
+    record = json.loads((output / "000.json").read_text())
+    expected = BTMInferencer(two_input_model).predict(image_path, xyz_path)
+    assert record["pred_score"] == pytest.approx(float(expected.pred_score[0]), rel=1e-6)
+    assert record["pred_label"] == bool(expected.pred_label[0])
+    with Image.open(output / "000_overlay.png") as overlay:
+        assert overlay.size == (24, 20)
+
+
+def test_cli_bad_input_exits_with_a_message_and_writes_nothing(
+    two_input_model: Path, sample: tuple, tmp_path: Path
+) -> None:
+    image_path, _, _, _ = sample
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "anomalib_btm.deploy", str(two_input_model), "--image", str(image_path)]
+    result = subprocess.run([*command, "--output", str(output)], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "pass `xyz`" in result.stderr
+    assert not output.exists()
+
+
+@pytest.mark.slow
+def test_cli_on_an_exported_btm(exported_rgbxyz: dict, tmp_path: Path) -> None:
+    rgb = sorted((exported_rgbxyz["root"] / "small" / "test" / "dent" / "rgb").glob("*.png"))[0]
+    xyz = rgb.parent.parent / "xyz" / f"{rgb.stem}.tiff"
+    assert main([str(exported_rgbxyz["xml"]), "--image", str(rgb), "--xyz", str(xyz), "--output", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / f"{rgb.stem}.json").read_text())
+    expected = BTMInferencer(exported_rgbxyz["xml"]).predict(rgb, xyz)
+    assert record["pred_score"] == pytest.approx(float(expected.pred_score[0]), abs=1e-6)
+    assert (tmp_path / f"{rgb.stem}_overlay.png").is_file()

@@ -1,0 +1,149 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Export of the whole BTM pipeline to ONNX / OpenVINO: two inputs (image, xyz), anomalib's outputs, parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTec3D
+from anomalib.deploy import OpenVINOInferencer
+from anomalib.deploy.export import CompressionType
+
+from anomalib_btm import BTM
+from anomalib_btm.deploy import BTMInferencer
+from anomalib_btm.deploy.inferencer import F32_CONFIG, load_image
+from anomalib_btm.models.btm.export import BTMExportModule, export_input_names
+from tests.conftest import small_datamodule
+
+OUTPUTS = ["pred_score", "pred_label", "anomaly_map", "pred_mask"]
+
+
+def _datamodule(root: Path) -> MVTec3D:
+    datamodule = small_datamodule(root)
+    datamodule.setup("test")
+    return datamodule
+
+
+def _as(actual: np.ndarray, expected: torch.Tensor) -> np.ndarray:
+    """``actual`` in ``expected``'s layout (NumpyImageBatch stores maps channel-last: (N, H, W, 1))."""
+    actual = np.asarray(actual)
+    assert actual.size == expected.numel(), (actual.shape, tuple(expected.shape))
+    return actual.reshape(expected.shape)
+
+
+def _like(actual: np.ndarray, expected: torch.Tensor) -> np.ndarray:
+    """Difference ``actual - expected`` with matching layouts."""
+    return _as(actual, expected) - expected.numpy()
+
+
+def _fitted_stub(modality: str, preset: str = "btm") -> BTM:
+    """A BTM whose bank and modality are set by hand (cheap; for the checks that run before any tracing)."""
+    model = BTM(backbone="resnet18", pre_trained=False, modality=modality, fpfh_backend="torch", preset=preset)
+    dim = {"rgb": 384, "xyz": 33, "rgb+xyz": 417}[modality]
+    model.model.memory_bank = torch.rand(16, dim)
+    return model.eval()
+
+
+def test_export_input_names() -> None:
+    assert export_input_names("rgb") == ["input"]
+    assert export_input_names("rgb+xyz") == ["image", "xyz"]
+    assert export_input_names("xyz") == ["image", "xyz"]
+
+
+def test_unfitted_and_btf_models_are_refused_with_a_reason(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Only a fitted BTM"):
+        BTM(backbone="resnet18", pre_trained=False, modality="xyz").to_onnx(tmp_path)
+    with pytest.raises(ValueError, match="preset='btf'"):
+        BTMExportModule(_fitted_stub("xyz", preset="btf"))
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_compression_checks_run_before_anything_is_written(tmp_path: Path) -> None:
+    model = _fitted_stub("rgb+xyz")
+    with pytest.raises(ValueError, match=r"int8_acq.*xyz"):
+        model.to_openvino(tmp_path, compression_type=CompressionType.INT8_ACQ, datamodule=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pass the datamodule"):
+        model.to_openvino(tmp_path, compression_type=CompressionType.INT8_PTQ)
+    with pytest.raises(ValueError, match="dynamo=False"):
+        model.to_onnx(tmp_path, dynamo=False)
+    assert not list(tmp_path.rglob("*.*"))
+
+
+def test_eager_export_module_equals_the_lightning_forward() -> None:
+    torch.manual_seed(0)
+    model = _fitted_stub("rgb")
+    image = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(image)
+        actual = BTMExportModule(model).eval()(image)
+    torch.testing.assert_close(actual.pred_score, expected.pred_score)
+    torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map)
+
+
+@pytest.mark.slow
+def test_openvino_ir_matches_the_torch_model_on_the_test_set(exported_rgbxyz: dict) -> None:
+    model = BTM.load_from_checkpoint(exported_rgbxyz["checkpoint"]).eval()
+    inferencer = BTMInferencer(exported_rgbxyz["xml"])
+    assert inferencer.input_names == ["image", "xyz"]
+    assert sorted(next(iter(o.names)) for o in inferencer.model.outputs) == sorted(OUTPUTS)
+    score_error, map_error, samples, anomalous = 0.0, 0.0, 0, 0
+    for batch in _datamodule(exported_rgbxyz["root"]).test_dataloader():
+        with torch.no_grad():
+            expected = model(batch.image, batch.depth_map)
+        result = inferencer.predict(batch.image, batch.depth_map)
+        score_error = max(score_error, float(np.abs(_like(result.pred_score, expected.pred_score)).max()))
+        map_error = max(map_error, float(np.abs(_like(result.anomaly_map, expected.anomaly_map)).max()))
+        labels = _as(result.pred_label, expected.pred_label)
+        assert (labels == expected.pred_label.numpy()).all(), (result.pred_score, expected.pred_score)
+        # Masks may differ only at pixels whose normalised map lies within float rounding of the threshold (0.5).
+        differ = _as(result.pred_mask, expected.pred_mask) != expected.pred_mask.numpy()
+        assert (np.abs(expected.anomaly_map.numpy()[differ] - 0.5) <= 1e-3).all()
+        samples += len(batch.image)
+        anomalous += int(expected.pred_label.sum())
+        # A single sample runs (dynamic batch) and gives the batch's result.
+        single = inferencer.predict(batch.image[:1], batch.depth_map[:1])
+        assert abs(float(single.pred_score[0]) - float(expected.pred_score[0])) <= 1e-4
+    assert samples >= 6
+    assert 0 < anomalous < samples  # the comparison covers both labels
+    assert score_error <= 1e-4, score_error
+    assert map_error <= 1e-3, map_error
+
+
+@pytest.mark.slow
+def test_int8_ptq_calibrates_with_image_and_xyz(exported_rgbxyz: dict, tmp_path: Path) -> None:
+    model = BTM.load_from_checkpoint(exported_rgbxyz["checkpoint"]).eval()
+    datamodule = small_datamodule(exported_rgbxyz["root"])
+    xml = model.to_openvino(tmp_path, compression_type=CompressionType.INT8_PTQ, datamodule=datamodule)
+    import openvino as ov
+
+    ops = [op.get_type_name() for op in ov.Core().read_model(xml).get_ops()]
+    assert ops.count("FakeQuantize") > 0  # calibrated and quantized (NNCF needs every input to collect statistics)
+    batch = next(iter(_datamodule(exported_rgbxyz["root"]).test_dataloader()))
+    result = BTMInferencer(xml).predict(batch.image, batch.depth_map)
+    assert np.isfinite(result.pred_score).all()
+    assert np.isfinite(result.anomaly_map).all()
+
+
+@pytest.mark.slow
+def test_rgb_only_ir_runs_in_anomalibs_stock_inferencer(small_root: Path, tmp_path: Path) -> None:
+    from anomalib.engine import Engine
+
+    datamodule = small_datamodule(small_root)
+    model = BTM(
+        backbone="resnet18", pre_trained=False, modality="rgb", pre_processor=BTM.configure_pre_processor((96, 96))
+    )
+    Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False).fit(model=model, datamodule=datamodule)
+    xml = model.eval().to_openvino(tmp_path)
+    inferencer = OpenVINOInferencer(xml, device="CPU", config=F32_CONFIG)  # AUTO ignores the precision hint
+    image_path = next((small_root / "small" / "test" / "color" / "rgb").glob("*.png"))
+    result = inferencer.predict(image_path)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(load_image(image_path)))
+    assert abs(float(result.pred_score[0]) - float(expected.pred_score[0])) <= 1e-4
+    assert float(np.abs(_like(result.anomaly_map, expected.anomaly_map)).max()) <= 1e-3
+    assert bool(result.pred_label[0]) == bool(expected.pred_label[0])
