@@ -499,6 +499,28 @@ def _not_centre(window: int, device: torch.device) -> torch.Tensor:
     return mask
 
 
+def _bincount_histograms(bins: tuple[torch.Tensor, ...], neighbour: torch.Tensor) -> torch.Tensor:
+    """The three 11-bin histograms of every pixel in one ``torch.bincount`` pass.
+
+    Args:
+        bins: Float bins ``(B, P, H, W)`` in ``[0, 10]`` of the three pair features.
+        neighbour: Selected candidates ``(B, P, H, W)``.
+
+    Returns:
+        Counts ``(B, 33, H, W)`` (int64).
+    """
+    batch, _, height, width = neighbour.shape
+    slots = batch * height * width * 3 * _NUM_BINS
+    pixel = torch.arange(batch * height * width, device=neighbour.device).reshape(batch, 1, height, width)
+    base = pixel * (3 * _NUM_BINS)
+    dump = torch.full_like(base, slots)  # unselected candidates land in one extra slot
+    codes = torch.stack(
+        [torch.where(neighbour, base + group * _NUM_BINS + value.long(), dump) for group, value in enumerate(bins)]
+    )
+    counts = torch.bincount(codes.flatten(), minlength=slots + 1)[:slots]
+    return counts.reshape(batch, height, width, 3 * _NUM_BINS).permute(0, 3, 1, 2)
+
+
 def _spfh_stage(
     padded: torch.Tensor,
     xyz: torch.Tensor,
@@ -510,11 +532,14 @@ def _spfh_stage(
     k: int,
     selection: str,
     passes: int,
+    counting: str = "reduce",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Neighbour selection of the FPFH search and SPFH (Open3D's ``ComputeSPFHFeature``).
 
-    Each of the 33 bins is its own reduction over the candidates so that ``torch.compile`` fuses them into one
-    loop that computes every pair feature once, without a ``(B, P, H, W)`` intermediate in memory.
+    With ``counting="reduce"`` each of the 33 bins is its own reduction over the candidates so that
+    ``torch.compile`` fuses them into one loop that computes every pair feature once, without a ``(B, P, H, W)``
+    intermediate in memory (and the graph exports). ``"bincount"`` counts all bins in one ``torch.bincount`` pass
+    instead of 33 comparisons (eager execution; same counts).
 
     Args:
         padded: Points, normals and validity ``(B, 7, H + window - 1, W + window - 1)``, zero padded.
@@ -526,6 +551,7 @@ def _spfh_stage(
         k: Neighbourhood size including the point itself.
         selection: ``"fast"`` or ``"exact"``.
         passes: Correction passes of the fast selection.
+        counting: ``"reduce"`` (compile, export) or ``"bincount"`` (eager).
 
     Returns:
         SPFH ``(B, 33, H, W)`` (each group sums to 100, zero without neighbours), the neighbour count
@@ -538,13 +564,17 @@ def _spfh_stage(
     n1 = tuple(normals[:, i : i + 1] for i in range(3))
     n2 = tuple(candidates[:, 3 + i] for i in range(3))
     bins = _pair_feature_bins(d, squared_distance, n1, n2)
-    outside = torch.full_like(squared_distance, -1.0)
-    histogram = [
-        (torch.where(neighbour, group, outside) == level).to(xyz.dtype).sum(dim=1)
-        for group in bins
-        for level in range(_NUM_BINS)
-    ]
-    spfh = torch.stack(histogram, dim=1) * _safe_div(torch.full_like(count, 100.0), count)
+    if counting == "bincount":
+        histograms = _bincount_histograms(bins, neighbour).to(xyz.dtype)
+    else:
+        outside = torch.full_like(squared_distance, -1.0)
+        histogram = [
+            (torch.where(neighbour, group, outside) == level).to(xyz.dtype).sum(dim=1)
+            for group in bins
+            for level in range(_NUM_BINS)
+        ]
+        histograms = torch.stack(histogram, dim=1)
+    spfh = histograms * _safe_div(torch.full_like(count, 100.0), count)
     return spfh, count, threshold
 
 
@@ -559,6 +589,7 @@ def _fpfh_stage(
     window: int,
     radius: float,
     fused: bool,
+    spfh_padded: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FPFH: own SPFH plus the ``1/d²``-weighted neighbour SPFHs, each group of the latter rescaled to sum to 100.
 
@@ -573,6 +604,8 @@ def _fpfh_stage(
         radius: Search radius.
         fused: One reduction per bin over all candidates (for ``torch.compile``, which fuses them into one loop)
             instead of accumulating one shifted SPFH map per candidate (eager and export: bounded memory).
+        spfh_padded: The SPFH map padded by ``window // 2`` rows/columns of real neighbours when ``spfh`` is a band
+            of rows of a larger map (see :func:`fpfh_torch`); ``None`` zero-pads ``spfh``.
 
     Returns:
         FPFH ``(B, 33, H, W)``, zero at invalid points and points without neighbours.
@@ -582,7 +615,8 @@ def _fpfh_stage(
     positive = admissible & (squared_distance <= threshold) & _not_centre(window, xyz.device) & (squared_distance > 0)
     ones = torch.ones_like(squared_distance)
     weight = torch.where(positive, ones / torch.where(positive, squared_distance, ones), torch.zeros_like(ones))
-    spfh_padded = _pad(spfh, window)
+    if spfh_padded is None:
+        spfh_padded = _pad(spfh, window)
     if fused:
         weighted = torch.stack(
             [
@@ -591,11 +625,16 @@ def _fpfh_stage(
             ],
             dim=1,
         )
-    else:
+    elif torch.compiler.is_exporting():
         weighted = torch.zeros_like(spfh)
         for index in range(window * window):
             i, j = divmod(index, window)
             weighted = weighted + spfh_padded[:, :, i : i + height, j : j + width] * weight[:, index : index + 1]
+    else:
+        weighted = torch.zeros_like(spfh)
+        for index in range(window * window):
+            i, j = divmod(index, window)
+            weighted.addcmul_(spfh_padded[:, :, i : i + height, j : j + width], weight[:, index : index + 1])
     groups = weighted.unflatten(1, (3, _NUM_BINS))
     total = groups.sum(dim=2, keepdim=True)
     groups = _safe_div(100.0 * groups, total.expand_as(groups))
@@ -710,6 +749,28 @@ def fpfh_torch(
     if xyz.dtype != torch.float64:
         xyz = xyz.float()
 
+    if compile or torch.compiler.is_exporting():
+        return _fpfh_whole(xyz, voxel_size, window, normal_window, max_nn, normal_max_nn, normal_orientation,
+                           selection, passes, compile=compile)  # fmt: skip
+    return _fpfh_banded(xyz, voxel_size, window, normal_window, max_nn, normal_max_nn, normal_orientation,
+                        selection, passes)  # fmt: skip
+
+
+def _fpfh_whole(
+    xyz: torch.Tensor,
+    voxel_size: float,
+    window: int,
+    normal_window: int,
+    max_nn: int,
+    normal_max_nn: int,
+    normal_orientation: str,
+    selection: str,
+    passes: int,
+    *,
+    compile: bool,
+) -> torch.Tensor:
+    """Every stage on the whole map at once: the graph that compiles and exports (see :func:`fpfh_torch`)."""
+
     def run(stage: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         return _compiled(stage) if compile else stage
 
@@ -747,6 +808,101 @@ def fpfh_torch(
         window=window,
         radius=5.0 * voxel_size,
         fused=compile,
+    )
+    return fpfh.to(torch.float32)
+
+
+_BAND_ROWS = 8
+"""Output rows per band of the eager path: per-candidate intermediates of a band, ``(B, window**2, 8, W)``, stay
+in the CPU caches instead of streaming ``(B, window**2, H, W)`` buffers through memory."""
+
+
+def _bands(height: int) -> list[slice]:
+    """Row slices of :data:`_BAND_ROWS` covering ``range(height)``."""
+    return [slice(start, min(start + _BAND_ROWS, height)) for start in range(0, height, _BAND_ROWS)]
+
+
+def _halo(band: slice, window: int) -> slice:
+    """Rows of a map padded by ``window // 2`` that a band of output rows reads."""
+    assert band.start is not None
+    assert band.stop is not None
+    return slice(band.start, band.stop + window - 1)
+
+
+def _fpfh_banded(
+    xyz: torch.Tensor,
+    voxel_size: float,
+    window: int,
+    normal_window: int,
+    max_nn: int,
+    normal_max_nn: int,
+    normal_orientation: str,
+    selection: str,
+    passes: int,
+) -> torch.Tensor:
+    """The eager path: each stage runs band by band of output rows (same arithmetic as :func:`_fpfh_whole`).
+
+    Every stage reads its inputs within ``window // 2`` rows, so a stage finishes for the whole map before the
+    next starts and no band recomputes another's rows. Histograms are counted with ``torch.bincount`` and the
+    weighted neighbour sum accumulates in place.
+    """
+    valid = (xyz != 0).all(dim=1, keepdim=True)
+    valid_map = valid.to(xyz.dtype)
+    bands = _bands(xyz.shape[-2])
+    padded = _pad(torch.cat([xyz, valid_map], dim=1), normal_window)
+    cov = torch.cat(
+        [
+            _covariance_stage(
+                padded[:, :, _halo(band, normal_window)],
+                xyz[:, :, band],
+                valid[:, :, band],
+                window=normal_window,
+                radius=2.0 * voxel_size,
+                k=normal_max_nn,
+                selection=selection,
+                passes=passes,
+            )
+            for band in bands
+        ],
+        dim=2,
+    )
+    normals = _normal_stage(cov, xyz, orientation=normal_orientation)
+    padded = _pad(torch.cat([xyz, normals, valid_map], dim=1), window)
+    parts = [
+        _spfh_stage(
+            padded[:, :, _halo(band, window)],
+            xyz[:, :, band],
+            normals[:, :, band],
+            valid[:, :, band],
+            window=window,
+            radius=5.0 * voxel_size,
+            k=max_nn,
+            selection=selection,
+            passes=passes,
+            counting="bincount",
+        )
+        for band in bands
+    ]
+    spfh, count, threshold = (torch.cat(list(part), dim=2) for part in zip(*parts, strict=True))
+    padded = _pad(torch.cat([xyz, valid_map], dim=1), window)
+    spfh_padded = _pad(spfh, window)
+    fpfh = torch.cat(
+        [
+            _fpfh_stage(
+                padded[:, :, _halo(band, window)],
+                spfh[:, :, band],
+                xyz[:, :, band],
+                valid[:, :, band],
+                threshold[:, :, band],
+                count[:, :, band],
+                window=window,
+                radius=5.0 * voxel_size,
+                fused=False,
+                spfh_padded=spfh_padded[:, :, _halo(band, window)],
+            )
+            for band in bands
+        ],
+        dim=2,
     )
     return fpfh.to(torch.float32)
 
