@@ -13,11 +13,17 @@ Every tensor has a fixed shape and every selection is a mask, so the code traces
 rounding (tested).
 
 The work is split into stages (neighbour covariances, normals, SPFH, weighted FPFH sum), each reducing over the
-``P = window**2`` candidates of every pixel. Eagerly, every per-candidate quantity is a ``(B, P, H, W)`` tensor:
-fine on a GPU, slow and memory hungry on a CPU. ``compile=True`` compiles each stage with ``torch.compile`` and
-Inductor options that keep per-candidate values in registers (fused, vectorised C++ loops on CPU, one pass per
-reduction instead of ``(B, P, H, W)`` buffers in memory); see ``benchmarks/fpfh.py`` for measured times. The
-eager graph is the one that exports.
+``P = window**2`` candidates of every pixel. Three execution paths compute the same arithmetic:
+
+* eager (default): each stage runs band by band of 8 output rows, so the per-candidate ``(B, P, 8, W)``
+  intermediates stay in the CPU caches; histograms are counted with one ``torch.bincount`` per band and the
+  weighted neighbour sum accumulates in place;
+* ``compile=True``: each stage on the whole map through ``torch.compile`` with Inductor options that keep
+  per-candidate values in registers (fused, vectorised C++ loops on CPU, one pass per reduction);
+* export (``torch.compiler.is_exporting()``): the whole-map graph with fixed shapes, masks and 33 bin reductions,
+  which ONNX and OpenVINO accept.
+
+``benchmarks/fpfh.py`` measures them against Open3D.
 
 Differences to Open3D (measured in ``benchmarks/fpfh.py``):
 
