@@ -19,7 +19,7 @@ from torch import nn
 
 from anomalib_btm.deploy import BTMInferencer
 from anomalib_btm.deploy.__main__ import main
-from anomalib_btm.deploy.inferencer import load_image, load_xyz
+from anomalib_btm.deploy.inferencer import MAX_SHAPES, load_image, load_xyz
 
 OUTPUTS = ["pred_score", "pred_label", "anomaly_map", "pred_mask"]
 
@@ -149,3 +149,17 @@ def test_cli_on_an_exported_btm(exported_rgbxyz: dict, tmp_path: Path) -> None:
     expected = BTMInferencer(exported_rgbxyz["xml"]).predict(rgb, xyz)
     assert record["pred_score"] == pytest.approx(float(expected.pred_score[0]), abs=1e-6)
     assert (tmp_path / f"{rgb.stem}_overlay.png").is_file()
+
+
+def test_static_shape_compilation_matches_the_dynamic_graph(two_input_model: Path, sample: tuple) -> None:
+    image_path, xyz_path, rgb, xyz = sample
+    static = BTMInferencer(two_input_model)
+    dynamic = BTMInferencer(two_input_model, static_shapes=False)
+    for images, clouds in ((image_path, xyz_path), (np.stack([rgb] * 3), np.stack([xyz] * 3))):
+        a, b = static.predict(images, clouds), dynamic.predict(images, clouds)
+        np.testing.assert_allclose(a.pred_score, b.pred_score, rtol=1e-6)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-6)
+    assert len(static._static) == 2  # one compiled model per shape combination
+    for batch in range(2, 2 + MAX_SHAPES):
+        static.predict(np.stack([rgb] * batch), np.stack([xyz] * batch))
+    assert len(static._static) == MAX_SHAPES  # bounded
