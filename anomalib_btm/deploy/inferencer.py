@@ -111,6 +111,16 @@ def load_xyz(xyz: str | Path | np.ndarray | torch.Tensor) -> np.ndarray:
     return array
 
 
+OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
+"""anomalib's output names, which a BTM export carries."""
+
+
+def _output_name(port: Any) -> str:
+    """Anomalib's name of an output port (a port may carry several tensor names after OpenVINO's reshape)."""
+    names = port.get_names()
+    return next((name for name in OUTPUT_NAMES if name in names), port.any_name)
+
+
 class BTMInferencer:
     """Run an exported BTM (OpenVINO IR ``.xml`` or ``.onnx``) on RGB images and organized point clouds.
 
@@ -208,5 +218,5 @@ class BTMInferencer:
         else:
             feed = {self.input_names[0]: images}
         outputs = self._compiled_for(feed)(feed)
-        predictions = {next(iter(port.names)): value for port, value in outputs.items()}
+        predictions = {_output_name(port): value for port, value in outputs.items()}
         return NumpyImageBatch(image=images, **predictions)
