@@ -16,8 +16,8 @@ The work is split into stages (neighbour covariances, normals, SPFH, weighted FP
 ``P = window**2`` candidates of every pixel. Three execution paths compute the same arithmetic:
 
 * eager (default): each stage runs band by band of 8 output rows, so the per-candidate ``(B, P, 8, W)``
-  intermediates stay in the CPU caches; histograms are counted with one ``torch.bincount`` per band and the
-  weighted neighbour sum accumulates in place;
+  intermediates stay in the CPU caches; histograms are counted by scatter-adding candidates into their bins and
+  the weighted neighbour sum accumulates in place;
 * ``compile=True``: each stage on the whole map through ``torch.compile`` with Inductor options that keep
   per-candidate values in registers (fused, vectorised C++ loops on CPU, one pass per reduction);
 * export (``torch.compiler.is_exporting()``): the whole-map graph with fixed shapes, masks and 33 bin reductions,
@@ -509,26 +509,22 @@ def _not_centre(window: int, device: torch.device) -> torch.Tensor:
     return mask
 
 
-def _bincount_histograms(bins: tuple[torch.Tensor, ...], neighbour: torch.Tensor) -> torch.Tensor:
-    """The three 11-bin histograms of every pixel in one ``torch.bincount`` pass.
+def _scatter_histograms(bins: tuple[torch.Tensor, ...], neighbour: torch.Tensor) -> torch.Tensor:
+    """The three 11-bin histograms of every pixel by scatter-adding the selected candidates into their bins.
 
     Args:
         bins: Float bins ``(B, P, H, W)`` in ``[0, 10]`` of the three pair features.
         neighbour: Selected candidates ``(B, P, H, W)``.
 
     Returns:
-        Counts ``(B, 33, H, W)`` (int64).
+        Counts ``(B, 33, H, W)`` in the dtype of ``bins``.
     """
     batch, _, height, width = neighbour.shape
-    slots = batch * height * width * 3 * _NUM_BINS
-    pixel = torch.arange(batch * height * width, device=neighbour.device).reshape(batch, 1, height, width)
-    base = pixel * (3 * _NUM_BINS)
-    dump = torch.full_like(base, slots)  # unselected candidates land in one extra slot
-    codes = torch.stack(
-        [torch.where(neighbour, base + group * _NUM_BINS + value.long(), dump) for group, value in enumerate(bins)]
-    )
-    counts = torch.bincount(codes.flatten(), minlength=slots + 1)[:slots]
-    return counts.reshape(batch, height, width, 3 * _NUM_BINS).permute(0, 3, 1, 2)
+    selected = neighbour.to(bins[0].dtype)
+    counts = torch.zeros(batch, 3 * _NUM_BINS, height, width, dtype=selected.dtype, device=selected.device)
+    for group, value in enumerate(bins):
+        counts[:, group * _NUM_BINS : (group + 1) * _NUM_BINS].scatter_add_(1, value.long(), selected)
+    return counts
 
 
 def _spfh_stage(
@@ -548,8 +544,8 @@ def _spfh_stage(
 
     With ``counting="reduce"`` each of the 33 bins is its own reduction over the candidates so that
     ``torch.compile`` fuses them into one loop that computes every pair feature once, without a ``(B, P, H, W)``
-    intermediate in memory (and the graph exports). ``"bincount"`` counts all bins in one ``torch.bincount`` pass
-    instead of 33 comparisons (eager execution; same counts).
+    intermediate in memory (and the graph exports). ``"scatter"`` scatter-adds the selected candidates into their
+    bins, one pass per feature instead of 33 comparisons (eager execution; same counts).
 
     Args:
         padded: Points, normals and validity ``(B, 7, H + window - 1, W + window - 1)``, zero padded.
@@ -561,7 +557,7 @@ def _spfh_stage(
         k: Neighbourhood size including the point itself.
         selection: ``"fast"`` or ``"exact"``.
         passes: Correction passes of the fast selection.
-        counting: ``"reduce"`` (compile, export) or ``"bincount"`` (eager).
+        counting: ``"reduce"`` (compile, export) or ``"scatter"`` (eager).
 
     Returns:
         SPFH ``(B, 33, H, W)`` (each group sums to 100, zero without neighbours), the neighbour count
@@ -574,8 +570,8 @@ def _spfh_stage(
     n1 = tuple(normals[:, i : i + 1] for i in range(3))
     n2 = tuple(candidates[:, 3 + i] for i in range(3))
     bins = _pair_feature_bins(d, squared_distance, n1, n2)
-    if counting == "bincount":
-        histograms = _bincount_histograms(bins, neighbour).to(xyz.dtype)
+    if counting == "scatter":
+        histograms = _scatter_histograms(bins, neighbour)
     else:
         outside = torch.full_like(squared_distance, -1.0)
         histogram = [
@@ -853,7 +849,7 @@ def _fpfh_banded(
     """The eager path: each stage runs band by band of output rows (same arithmetic as :func:`_fpfh_whole`).
 
     Every stage reads its inputs within ``window // 2`` rows, so a stage finishes for the whole map before the
-    next starts and no band recomputes another's rows. Histograms are counted with ``torch.bincount`` and the
+    next starts and no band recomputes another's rows. Histograms are counted with ``scatter_add_`` and the
     weighted neighbour sum accumulates in place.
     """
     valid = (xyz != 0).all(dim=1, keepdim=True)
@@ -889,7 +885,7 @@ def _fpfh_banded(
             k=max_nn,
             selection=selection,
             passes=passes,
-            counting="bincount",
+            counting="scatter",
         )
         for band in bands
     ]

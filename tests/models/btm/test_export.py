@@ -41,9 +41,9 @@ def _like(actual: np.ndarray, expected: torch.Tensor) -> np.ndarray:
     return _as(actual, expected) - expected.numpy()
 
 
-def _fitted_stub(modality: str, preset: str = "btm") -> BTM:
+def _fitted_stub(modality: str, preset: str = "btm", fpfh_backend: str = "torch") -> BTM:
     """A BTM whose bank and modality are set by hand (cheap; for the checks that run before any tracing)."""
-    model = BTM(backbone="resnet18", pre_trained=False, modality=modality, fpfh_backend="torch", preset=preset)
+    model = BTM(backbone="resnet18", pre_trained=False, modality=modality, fpfh_backend=fpfh_backend, preset=preset)
     dim = {"rgb": 384, "xyz": 33, "rgb+xyz": 417}[modality]
     model.model.memory_bank = torch.rand(16, dim)
     return model.eval()
@@ -61,6 +61,15 @@ def test_unfitted_and_btf_models_are_refused_with_a_reason(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="preset='btf'"):
         BTMExportModule(_fitted_stub("xyz", preset="btf"))
     assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_open3d_models_export_with_open3d_normal_signs_and_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        module = BTMExportModule(_fitted_stub("xyz", fpfh_backend="open3d"))
+    assert module.fpfh is not None
+    assert module.fpfh.normal_orientation == "open3d"
+    assert "fpfh_backend='open3d'" in caplog.text
+    assert BTMExportModule(_fitted_stub("xyz")).fpfh.normal_orientation == "camera"  # type: ignore[union-attr]
 
 
 def test_compression_checks_run_before_anything_is_written(tmp_path: Path) -> None:
