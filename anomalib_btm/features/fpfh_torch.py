@@ -587,6 +587,7 @@ def _spfh_stage(
 def _fpfh_stage(
     padded: torch.Tensor,
     spfh: torch.Tensor,
+    spfh_padded: torch.Tensor,
     xyz: torch.Tensor,
     valid: torch.Tensor,
     threshold: torch.Tensor,
@@ -595,13 +596,14 @@ def _fpfh_stage(
     window: int,
     radius: float,
     fused: bool,
-    spfh_padded: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FPFH: own SPFH plus the ``1/d²``-weighted neighbour SPFHs, each group of the latter rescaled to sum to 100.
 
     Args:
         padded: Points and validity ``(B, 4, H + window - 1, W + window - 1)``, zero padded.
         spfh: SPFH ``(B, 33, H, W)``.
+        spfh_padded: The rows of the zero-padded SPFH map (padded by ``window // 2``) that these ``H`` output rows
+            read: ``(B, 33, H + window - 1, W + window - 1)``.
         xyz: Points ``(B, 3, H, W)``.
         valid: Validity ``(B, 1, H, W)``.
         threshold: Squared-distance threshold of the neighbour selection ``(B, 1, H, W)``.
@@ -610,8 +612,6 @@ def _fpfh_stage(
         radius: Search radius.
         fused: One reduction per bin over all candidates (for ``torch.compile``, which fuses them into one loop)
             instead of accumulating one shifted SPFH map per candidate (eager and export: bounded memory).
-        spfh_padded: The SPFH map padded by ``window // 2`` rows/columns of real neighbours when ``spfh`` is a band
-            of rows of a larger map (see :func:`fpfh_torch`); ``None`` zero-pads ``spfh``.
 
     Returns:
         FPFH ``(B, 33, H, W)``, zero at invalid points and points without neighbours.
@@ -621,8 +621,6 @@ def _fpfh_stage(
     positive = admissible & (squared_distance <= threshold) & _not_centre(window, xyz.device) & (squared_distance > 0)
     ones = torch.ones_like(squared_distance)
     weight = torch.where(positive, ones / torch.where(positive, squared_distance, ones), torch.zeros_like(ones))
-    if spfh_padded is None:
-        spfh_padded = _pad(spfh, window)
     if fused:
         weighted = torch.stack(
             [
@@ -755,67 +753,21 @@ def fpfh_torch(
     if xyz.dtype != torch.float64:
         xyz = xyz.float()
 
-    if compile or torch.compiler.is_exporting():
-        return _fpfh_whole(xyz, voxel_size, window, normal_window, max_nn, normal_max_nn, normal_orientation,
-                           selection, passes, compile=compile)  # fmt: skip
-    return _fpfh_banded(xyz, voxel_size, window, normal_window, max_nn, normal_max_nn, normal_orientation,
-                        selection, passes)  # fmt: skip
-
-
-def _fpfh_whole(
-    xyz: torch.Tensor,
-    voxel_size: float,
-    window: int,
-    normal_window: int,
-    max_nn: int,
-    normal_max_nn: int,
-    normal_orientation: str,
-    selection: str,
-    passes: int,
-    *,
-    compile: bool,
-) -> torch.Tensor:
-    """Every stage on the whole map at once: the graph that compiles and exports (see :func:`fpfh_torch`)."""
-
-    def run(stage: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        return _compiled(stage) if compile else stage
-
-    valid = (xyz != 0).all(dim=1, keepdim=True)
-    valid_map = valid.to(xyz.dtype)
-    cov = run(_covariance_stage)(
-        _pad(torch.cat([xyz, valid_map], dim=1), normal_window),
+    # Compiled and exported graphs take the whole map at once; eagerly, stages run band by band (same arithmetic).
+    whole = compile or torch.compiler.is_exporting()
+    return _fpfh_stages(
         xyz,
-        valid,
-        window=normal_window,
-        radius=2.0 * voxel_size,
-        k=normal_max_nn,
+        voxel_size,
+        window=window,
+        normal_window=normal_window,
+        max_nn=max_nn,
+        normal_max_nn=normal_max_nn,
+        normal_orientation=normal_orientation,
         selection=selection,
         passes=passes,
+        compile=compile,
+        band_rows=None if whole else _BAND_ROWS,
     )
-    normals = run(_normal_stage)(cov, xyz, orientation=normal_orientation)
-    spfh, count, threshold = run(_spfh_stage)(
-        _pad(torch.cat([xyz, normals, valid_map], dim=1), window),
-        xyz,
-        normals,
-        valid,
-        window=window,
-        radius=5.0 * voxel_size,
-        k=max_nn,
-        selection=selection,
-        passes=passes,
-    )
-    fpfh = run(_fpfh_stage)(
-        _pad(torch.cat([xyz, valid_map], dim=1), window),
-        spfh,
-        xyz,
-        valid,
-        threshold,
-        count,
-        window=window,
-        radius=5.0 * voxel_size,
-        fused=compile,
-    )
-    return fpfh.to(torch.float32)
 
 
 _BAND_ROWS = 8
@@ -823,21 +775,15 @@ _BAND_ROWS = 8
 in the CPU caches instead of streaming ``(B, window**2, H, W)`` buffers through memory."""
 
 
-def _bands(height: int) -> list[slice]:
-    """Row slices of :data:`_BAND_ROWS` covering ``range(height)``."""
-    return [slice(start, min(start + _BAND_ROWS, height)) for start in range(0, height, _BAND_ROWS)]
-
-
 def _halo(band: slice, window: int) -> slice:
     """Rows of a map padded by ``window // 2`` that a band of output rows reads."""
-    assert band.start is not None
-    assert band.stop is not None
     return slice(band.start, band.stop + window - 1)
 
 
-def _fpfh_banded(
+def _fpfh_stages(
     xyz: torch.Tensor,
     voxel_size: float,
+    *,
     window: int,
     normal_window: int,
     max_nn: int,
@@ -845,69 +791,74 @@ def _fpfh_banded(
     normal_orientation: str,
     selection: str,
     passes: int,
+    compile: bool,
+    band_rows: int | None,
 ) -> torch.Tensor:
-    """The eager path: each stage runs band by band of output rows (same arithmetic as :func:`_fpfh_whole`).
+    """Covariances, normals, SPFH and FPFH, each stage over the whole map or band by band of output rows.
 
     Every stage reads its inputs within ``window // 2`` rows, so a stage finishes for the whole map before the
-    next starts and no band recomputes another's rows. Histograms are counted with ``scatter_add_`` and the
-    weighted neighbour sum accumulates in place.
+    next starts and no band recomputes another's rows. ``band_rows=None`` (compile, export) runs each stage once on
+    the whole map with the 33 bin reductions and the shifted-map sum that compile and export; with bands (eager)
+    histograms are scatter-added and the weighted sum accumulates in place.
     """
+    height = xyz.shape[-2]
+    step = band_rows or max(height, 1)
+    bands = [slice(start, min(start + step, height)) for start in range(0, height, step)] or [slice(0, 0)]
+    eager_bands = band_rows is not None
+
+    def run(stage: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        return _compiled(stage) if compile else stage
+
+    def by_band(stage: Callable[..., torch.Tensor], make_args: Callable[[slice], tuple], **options: object) -> list:
+        """``stage`` on each band; ``make_args(band)`` gives its positional inputs, ``options`` its keywords."""
+        return [run(stage)(*make_args(band), **options) for band in bands]
+
     valid = (xyz != 0).all(dim=1, keepdim=True)
     valid_map = valid.to(xyz.dtype)
-    bands = _bands(xyz.shape[-2])
     padded = _pad(torch.cat([xyz, valid_map], dim=1), normal_window)
     cov = torch.cat(
-        [
-            _covariance_stage(
-                padded[:, :, _halo(band, normal_window)],
-                xyz[:, :, band],
-                valid[:, :, band],
-                window=normal_window,
-                radius=2.0 * voxel_size,
-                k=normal_max_nn,
-                selection=selection,
-                passes=passes,
-            )
-            for band in bands
-        ],
-        dim=2,
-    )
-    normals = _normal_stage(cov, xyz, orientation=normal_orientation)
-    padded = _pad(torch.cat([xyz, normals, valid_map], dim=1), window)
-    parts = [
-        _spfh_stage(
-            padded[:, :, _halo(band, window)],
-            xyz[:, :, band],
-            normals[:, :, band],
-            valid[:, :, band],
-            window=window,
-            radius=5.0 * voxel_size,
-            k=max_nn,
+        by_band(
+            _covariance_stage,
+            lambda band: (padded[:, :, _halo(band, normal_window)], xyz[:, :, band], valid[:, :, band]),
+            window=normal_window,
+            radius=2.0 * voxel_size,
+            k=normal_max_nn,
             selection=selection,
             passes=passes,
-            counting="scatter",
-        )
-        for band in bands
-    ]
+        ),
+        dim=2,
+    )
+    normals = run(_normal_stage)(cov, xyz, orientation=normal_orientation)
+    padded = _pad(torch.cat([xyz, normals, valid_map], dim=1), window)
+    parts = by_band(
+        _spfh_stage,
+        lambda band: (padded[:, :, _halo(band, window)], xyz[:, :, band], normals[:, :, band], valid[:, :, band]),
+        window=window,
+        radius=5.0 * voxel_size,
+        k=max_nn,
+        selection=selection,
+        passes=passes,
+        counting="scatter" if eager_bands else "reduce",
+    )
     spfh, count, threshold = (torch.cat(list(part), dim=2) for part in zip(*parts, strict=True))
     padded = _pad(torch.cat([xyz, valid_map], dim=1), window)
     spfh_padded = _pad(spfh, window)
     fpfh = torch.cat(
-        [
-            _fpfh_stage(
+        by_band(
+            _fpfh_stage,
+            lambda band: (
                 padded[:, :, _halo(band, window)],
                 spfh[:, :, band],
+                spfh_padded[:, :, _halo(band, window)],
                 xyz[:, :, band],
                 valid[:, :, band],
                 threshold[:, :, band],
                 count[:, :, band],
-                window=window,
-                radius=5.0 * voxel_size,
-                fused=False,
-                spfh_padded=spfh_padded[:, :, _halo(band, window)],
-            )
-            for band in bands
-        ],
+            ),
+            window=window,
+            radius=5.0 * voxel_size,
+            fused=compile,
+        ),
         dim=2,
     )
     return fpfh.to(torch.float32)

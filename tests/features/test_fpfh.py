@@ -448,11 +448,12 @@ def test_degenerate_shapes(backend: str, shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("height", [45, 48])
 def test_banded_eager_path_equals_the_whole_map_graph(height: int) -> None:
-    from anomalib_btm.features.fpfh_torch import _fpfh_whole
+    from anomalib_btm.features.fpfh_torch import _fpfh_stages
 
     clouds = torch.stack([make_cloud(48, seed=s)[:, :height] for s in (3, 4)])
     banded = compute_fpfh(clouds, backend="torch")  # eager: bands of 8 rows (45: a partial last band)
-    whole = _fpfh_whole(clouds, 0.05, 11, 7, 100, 30, "camera", "fast", 3, compile=False)  # the exported graph
+    options = {"window": 11, "normal_window": 7, "max_nn": 100, "normal_max_nn": 30, "normal_orientation": "camera"}
+    whole = _fpfh_stages(clouds, 0.05, **options, selection="fast", passes=3, compile=False, band_rows=None)
     assert banded.abs().sum() > 0
     # Same selections and counts; only the in-place weighted sum may round differently (fused multiply-add).
     torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-4)
