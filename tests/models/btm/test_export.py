@@ -114,9 +114,13 @@ def test_openvino_ir_matches_the_torch_model_on_the_test_set(exported_rgbxyz: di
         assert (np.abs(expected.anomaly_map.numpy()[differ] - 0.5) <= 1e-3).all()
         samples += len(batch.image)
         anomalous += int(expected.pred_label.sum())
-        # A single sample runs (dynamic batch) and gives the batch's result.
+        # A single sample runs (dynamic batch) and matches the PyTorch model on the same single sample. (Against
+        # the batch-of-4 result it differs by up to ~2e-4: convolution blocking changes with the batch size.)
         single = inferencer.predict(batch.image[:1], batch.depth_map[:1])
-        assert abs(float(single.pred_score[0]) - float(expected.pred_score[0])) <= 1e-4
+        with torch.no_grad():
+            expected_single = model(batch.image[:1], batch.depth_map[:1])
+        single_error = abs(float(single.pred_score[0]) - float(expected_single.pred_score[0]))
+        score_error = max(score_error, single_error)
     assert samples >= 6
     assert 0 < anomalous < samples  # the comparison covers both labels
     assert score_error <= 1e-4, score_error
