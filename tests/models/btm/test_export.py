@@ -143,8 +143,12 @@ def test_int8_ptq_calibrates_with_image_and_xyz(exported_rgbxyz: dict, tmp_path:
 
 
 @pytest.mark.slow
-def test_rgb_only_ir_runs_in_anomalibs_stock_inferencer(small_root: Path, tmp_path: Path) -> None:
+def test_rgb_only_ir_runs_in_anomalibs_stock_inferencer(
+    small_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from anomalib.engine import Engine
+
+    monkeypatch.chdir(tmp_path)  # anomalib's OpenVINOInferencer writes its model cache to ./openvino_cache
 
     torch.manual_seed(0)
     datamodule = small_datamodule(small_root)
