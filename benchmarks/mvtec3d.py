@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categories", nargs="+", default=None)
     parser.add_argument("--generated", type=int, default=2, help="generated categories (without --data-root)")
     parser.add_argument("--n-train", type=int, default=20, help="generated training samples per category")
+    parser.add_argument("--n-test-good", type=int, default=8, help="generated good test samples per category")
     parser.add_argument("--n-test-defect", type=int, default=3, help="generated test samples per defect type")
     parser.add_argument("--image-size", type=int, default=224, help="generated image size")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         root = work / "MVTec3D"
         categories = args.categories or [f"synthetic_{seed}" for seed in range(args.generated)]
         for seed, category in enumerate(categories):
-            generate_category(root, category, n_train=args.n_train, n_validation=0, n_test_good=8,
+            generate_category(root, category, n_train=args.n_train, n_validation=0, n_test_good=args.n_test_good,
                               n_test_per_defect=args.n_test_defect, image_size=args.image_size, seed=seed)  # fmt: skip
         source = f"generated data ({len(categories)} synthetic categories, not MVTec 3D-AD)"
     else:

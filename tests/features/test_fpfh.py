@@ -204,7 +204,13 @@ def torch_fpfh(cloud: torch.Tensor) -> torch.Tensor:
     return compute_fpfh(cloud, backend="torch")
 
 
-def test_torch_shape_dtype_group_sums_and_zeros(cloud: torch.Tensor, torch_fpfh: torch.Tensor) -> None:
+IMPLEMENTATIONS = pytest.mark.parametrize("cpu_kernel", [True, False], ids=["kernel", "graph"])
+"""The torch backend's two CPU implementations: the fused Numba kernels (default) and the torch graph."""
+
+
+@IMPLEMENTATIONS
+def test_torch_shape_dtype_group_sums_and_zeros(cloud: torch.Tensor, cpu_kernel: bool) -> None:
+    torch_fpfh = compute_fpfh(cloud, backend="torch", cpu_kernel=cpu_kernel)
     assert torch_fpfh.shape == (1, FPFH_DIM, 96, 96)
     assert torch_fpfh.dtype == torch.float32
     assert torch.isfinite(torch_fpfh).all()
@@ -248,15 +254,17 @@ def test_torch_parity_with_open3d_normal_signs(cloud: torch.Tensor, open3d_fpfh:
     assert relative_l1(a, b).mean() < 0.02
 
 
-def test_torch_batch_equals_single_clouds() -> None:
+@IMPLEMENTATIONS
+def test_torch_batch_equals_single_clouds(cpu_kernel: bool) -> None:
     clouds = torch.stack([make_cloud(32, seed=s) for s in range(3)])
     clouds[2] = 0.0
-    batched = compute_fpfh(clouds, backend="torch")
+    batched = compute_fpfh(clouds, backend="torch", cpu_kernel=cpu_kernel)
     for index in range(3):
-        single = compute_fpfh(clouds[index : index + 1], backend="torch")
+        single = compute_fpfh(clouds[index : index + 1], backend="torch", cpu_kernel=cpu_kernel)
         torch.testing.assert_close(batched[index : index + 1], single, rtol=0, atol=1e-4)
     assert (batched[2] == 0).all()
-    torch.testing.assert_close(compute_fpfh(clouds, backend="torch", batch_chunk=2), batched, rtol=0, atol=1e-4)
+    chunked = compute_fpfh(clouds, backend="torch", batch_chunk=2, cpu_kernel=cpu_kernel)
+    torch.testing.assert_close(chunked, batched, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -343,10 +351,11 @@ EDGE_CASES = [
 ]
 
 
+@IMPLEMENTATIONS
 @pytest.mark.parametrize("name", EDGE_CASES)
-def test_torch_edge_cases(name: str) -> None:
+def test_torch_edge_cases(name: str, cpu_kernel: bool) -> None:
     xyz = _edge_case(name)
-    ours = compute_fpfh(xyz, backend="torch")
+    ours = compute_fpfh(xyz, backend="torch", cpu_kernel=cpu_kernel)
     reference = compute_fpfh(xyz, backend="open3d")
     assert torch.isfinite(ours).all()
     assert torch.equal(_zero_pattern(ours), _zero_pattern(reference))
@@ -365,14 +374,15 @@ def test_torch_edge_cases(name: str) -> None:
         torch.testing.assert_close(ours[0][:, valid].T, expected.expand(int(valid.sum()), -1), rtol=0, atol=1e-3)
     if name in {"duplicates", "tiny", "far offset"}:
         # With Open3D's normal signs the descriptors follow Open3D's (a line's normal is rounding noise in both).
-        same_signs = compute_fpfh(xyz, backend="torch", normal_orientation="open3d")
+        same_signs = compute_fpfh(xyz, backend="torch", normal_orientation="open3d", cpu_kernel=cpu_kernel)
         correlation = per_point_correlation(reference[0][:, has], same_signs[0][:, has])
         assert correlation.median() > 0.99
     if name == "tiny":  # FPFH is scale free while every neighbourhood is within the radius
-        unscaled = compute_fpfh(xyz * 1e4, backend="torch")
+        unscaled = compute_fpfh(xyz * 1e4, backend="torch", cpu_kernel=cpu_kernel)
         torch.testing.assert_close(ours, unscaled, rtol=0, atol=1e-2)
 
 
+@IMPLEMENTATIONS
 @settings(max_examples=15, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
@@ -380,9 +390,11 @@ def test_torch_edge_cases(name: str) -> None:
     hole_fraction=st.floats(0.0, 0.9),
     scale=st.sampled_from([1e-3, 1.0, 30.0]),
 )
-def test_torch_random_clouds_properties(seed: int, size: int, hole_fraction: float, scale: float) -> None:
+def test_torch_random_clouds_properties(
+    seed: int, size: int, hole_fraction: float, scale: float, cpu_kernel: bool
+) -> None:
     xyz = make_cloud(size, seed=seed, hole_fraction=hole_fraction, disc=False)[None] * scale
-    ours = compute_fpfh(xyz, backend="torch", window=7, normal_window=5)
+    ours = compute_fpfh(xyz, backend="torch", window=7, normal_window=5, cpu_kernel=cpu_kernel)
     reference = compute_fpfh(xyz, backend="open3d")
     assert torch.isfinite(ours).all()
     valid = (xyz != 0).all(dim=1)[0]
@@ -416,18 +428,19 @@ def _check_export(module: torch.nn.Module, size: int, tmp_path: Path) -> None:
 
 
 def test_export_openvino_small_window(tmp_path: Path) -> None:
-    _check_export(FPFHTorch(window=5, normal_window=3), 32, tmp_path)
+    # The exported graph is the torch graph, compare it with the torch graph run eagerly.
+    _check_export(FPFHTorch(window=5, normal_window=3, cpu_kernel=False), 32, tmp_path)
 
 
 @pytest.mark.slow
 def test_export_openvino_defaults(tmp_path: Path) -> None:
-    _check_export(FPFHTorch(), 64, tmp_path)
+    _check_export(FPFHTorch(cpu_kernel=False), 64, tmp_path)
 
 
 @pytest.mark.slow
 def test_compiled_matches_eager() -> None:
     clouds = torch.stack([make_cloud(48, seed=s) for s in (9, 10)])
-    eager = compute_fpfh(clouds, backend="torch")
+    eager = compute_fpfh(clouds, backend="torch", cpu_kernel=False)
     compiled = compute_fpfh(clouds, backend="torch", compile=True)
     valid = (clouds != 0).all(dim=1)
     a, b = eager.permute(0, 2, 3, 1)[valid].T, compiled.permute(0, 2, 3, 1)[valid].T
@@ -436,11 +449,13 @@ def test_compiled_matches_eager() -> None:
     assert per_point_correlation(a, b).min() > 0.9
 
 
-@pytest.mark.parametrize("backend", ["open3d", "torch"])
+@pytest.mark.parametrize(
+    ("backend", "options"), [("open3d", {}), ("torch", {"cpu_kernel": True}), ("torch", {"cpu_kernel": False})]
+)
 @pytest.mark.parametrize("shape", [(0, 3, 16, 16), (2, 3, 1, 1), (1, 3, 2, 3)])
-def test_degenerate_shapes(backend: str, shape: tuple[int, ...]) -> None:
+def test_degenerate_shapes(backend: str, options: dict, shape: tuple[int, ...]) -> None:
     xyz = torch.ones(shape)  # all points identical: pair features are zero, distances too (no 1/d² weights)
-    features = compute_fpfh(xyz, backend=backend)
+    features = compute_fpfh(xyz, backend=backend, **options)
     assert features.shape == (shape[0], FPFH_DIM, *shape[2:])
     assert torch.isfinite(features).all()
     torch.testing.assert_close(features, compute_fpfh(xyz, backend="open3d"), rtol=0, atol=1e-4)
@@ -451,7 +466,7 @@ def test_banded_eager_path_equals_the_whole_map_graph(height: int) -> None:
     from anomalib_btm.features.fpfh_torch import _fpfh_stages
 
     clouds = torch.stack([make_cloud(48, seed=s)[:, :height] for s in (3, 4)])
-    banded = compute_fpfh(clouds, backend="torch")  # eager: bands of 8 rows (45: a partial last band)
+    banded = compute_fpfh(clouds, backend="torch", cpu_kernel=False)  # eager graph: bands of 8 rows (45: partial)
     options = {"window": 11, "normal_window": 7, "max_nn": 100, "normal_max_nn": 30, "normal_orientation": "camera"}
     whole = _fpfh_stages(clouds, 0.05, **options, selection="fast", passes=3, compile=False, band_rows=None)
     assert banded.abs().sum() > 0
