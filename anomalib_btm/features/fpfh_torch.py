@@ -60,7 +60,9 @@ from torch import nn
 __all__ = [
     "NORMAL_ORIENTATIONS",
     "SELECTIONS",
+    "TORCH_OPTIONS",
     "FPFHTorch",
+    "check_torch_options",
     "fpfh_torch",
     "smallest_eigenvector",
 ]
@@ -70,6 +72,20 @@ NORMAL_ORIENTATIONS = ("camera", "open3d")
 
 SELECTIONS = ("fast", "exact")
 """Accepted values of ``selection``."""
+
+TORCH_OPTIONS = (
+    "window",
+    "normal_window",
+    "max_nn",
+    "normal_max_nn",
+    "normal_orientation",
+    "selection",
+    "passes",
+    "compile",
+    "batch_chunk",
+    "cpu_kernel",
+)
+"""Keyword options of :func:`fpfh_torch` besides ``voxel_size`` (what ``BTM(fpfh_options=...)`` accepts)."""
 
 _NUM_BINS = 11
 _EXACT_STEPS = 24
@@ -670,6 +686,35 @@ def _check_options(
     if selection not in SELECTIONS:
         msg = f"Unknown selection {selection!r}; choose one of {SELECTIONS}."
         raise ValueError(msg)
+
+
+def check_torch_options(options: dict[str, object]) -> None:
+    """Validate options of :func:`fpfh_torch` before any cloud is processed.
+
+    Args:
+        options: Keyword options (names from :data:`TORCH_OPTIONS`).
+
+    Raises:
+        ValueError: On unknown names or invalid values, naming the option.
+    """
+    unknown = sorted(set(options) - set(TORCH_OPTIONS))
+    if unknown:
+        msg = f"Unknown torch FPFH option(s) {unknown}; valid options are {list(TORCH_OPTIONS)}."
+        raise ValueError(msg)
+    defaults = {"window": 11, "normal_window": 7, "max_nn": 100, "normal_max_nn": 30}
+    numbers = {**defaults, **{name: options[name] for name in defaults if name in options}}
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            msg = f"Torch FPFH option `{name}` must be an integer, got {value!r}."
+            raise ValueError(msg)
+    _check_options(
+        numbers["window"],
+        numbers["normal_window"],
+        numbers["max_nn"],
+        numbers["normal_max_nn"],
+        str(options.get("normal_orientation", "camera")),
+        str(options.get("selection", "fast")),
+    )
 
 
 # The SPFH and FPFH stages must recompute per-candidate values inside their reduction loops instead of writing

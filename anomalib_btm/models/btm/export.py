@@ -111,10 +111,15 @@ class BTMExportModule(nn.Module):
                     "FPFH with the torch implementation (Open3D's normal signs); scores differ slightly from the "
                     "PyTorch model's. Fit with fpfh_backend='torch' to export the exact computation."
                 )
-            self.fpfh = FPFHTorch(
-                voxel_size=self.xyz_branch.voxel_size,
-                normal_orientation="open3d" if backend == "open3d" else "camera",
-            )
+            # The fitted model's torch options, minus those that only choose how eager PyTorch runs.
+            graph_options = {
+                name: value
+                for name, value in self.xyz_branch.fpfh_options.items()
+                if name not in {"compile", "batch_chunk", "cpu_kernel"}
+            }
+            if backend == "open3d":
+                graph_options["normal_orientation"] = "open3d"
+            self.fpfh = FPFHTorch(voxel_size=self.xyz_branch.voxel_size, **graph_options)
         self.scorer = model.scorer
         self.anomaly_map_generator = model.anomaly_map_generator
         self.memory_bank: torch.Tensor

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from anomalib.models.components import TimmFeatureExtractor
@@ -26,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from anomalib_btm.features.fpfh import FPFH_DIM, compute_fpfh
+from anomalib_btm.features.fpfh_torch import check_torch_options
 
 logger = logging.getLogger(__name__)
 
@@ -226,20 +228,34 @@ class XYZBranch(nn.Module):
         voxel_size (float): BTF's voxel size in metres; normals use radius ``2·voxel`` (30 NN), FPFH
             ``5·voxel`` (100 NN).
         patch_padding (bool): 3 × 3 mean with padding 1 (BTM) or without (BTF).
+        fpfh_options (dict | None): Options of the torch backend (``window``, ``normal_orientation``, ...; see
+            :func:`anomalib_btm.features.fpfh_torch.fpfh_torch`), validated here.
     """
 
     out_dim = FPFH_DIM
 
-    def __init__(self, fpfh_backend: str = "open3d", voxel_size: float = 0.05, patch_padding: bool = True) -> None:
+    def __init__(
+        self,
+        fpfh_backend: str = "open3d",
+        voxel_size: float = 0.05,
+        patch_padding: bool = True,
+        fpfh_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if fpfh_backend not in FPFH_BACKENDS:
             msg = f"fpfh_backend must be one of {FPFH_BACKENDS}, got {fpfh_backend!r}."
             raise ValueError(msg)
+        fpfh_options = dict(fpfh_options or {})
+        if fpfh_options and fpfh_backend != "torch":
+            msg = f"fpfh_options {sorted(fpfh_options)} apply to fpfh_backend='torch' only, got {fpfh_backend!r}."
+            raise ValueError(msg)
+        check_torch_options(fpfh_options)
         if voxel_size <= 0:
             msg = f"voxel_size must be positive (metres), got {voxel_size}."
             raise ValueError(msg)
         self.fpfh_backend = fpfh_backend
         self.voxel_size = voxel_size
+        self.fpfh_options = fpfh_options
         self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1 if patch_padding else 0)
 
     def forward(self, xyz: torch.Tensor, image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
@@ -254,7 +270,8 @@ class XYZBranch(nn.Module):
             torch.Tensor: ``(B, 33, h, w)`` patch features.
         """
         xyz = resize_xyz(xyz.float(), image_size)
-        return self.pool(compute_fpfh(xyz, backend=self.fpfh_backend, voxel_size=self.voxel_size), grid)
+        fpfh = compute_fpfh(xyz, backend=self.fpfh_backend, voxel_size=self.voxel_size, **self.fpfh_options)
+        return self.pool(fpfh, grid)
 
     def pool(self, fpfh: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Patch features from a per-pixel FPFH map: 3 × 3 mean, then pooled to the patch grid.

@@ -77,6 +77,9 @@ class BTM(MemoryBankMixin, AnomalibModule):
         image_score (str): ``"nearest"`` (BTM) or ``"reweighted"`` (BTF/PatchCore, for comparison).
         fpfh_backend (str): ``"open3d"`` (reference) or ``"torch"``.
         voxel_size (float): FPFH voxel size in metres (normals radius 2·voxel, FPFH radius 5·voxel).
+        fpfh_options (dict | None): Options of the torch FPFH backend, e.g. ``{"window": 13}`` for steep surfaces or
+            ``{"normal_orientation": "open3d"}`` for Open3D's normal signs (see
+            :func:`anomalib_btm.features.fpfh_torch.fpfh_torch`). Exported models compute the same.
         blur_kernel_size (int): Gaussian kernel size of the anomaly map. Defaults to ``15``.
         blur_sigma (float): Gaussian sigma of the anomaly map. Defaults to ``4.0``.
         max_bank_size (int | None): Upper bound on the memory bank's rows (``None``: ``coreset_sampling_ratio``
@@ -107,6 +110,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
         image_score: str = "nearest",
         fpfh_backend: str = "open3d",
         voxel_size: float = 0.05,
+        fpfh_options: dict[str, Any] | None = None,
         blur_kernel_size: int = 15,
         blur_sigma: float = 4.0,
         max_bank_size: int | None = None,
@@ -138,6 +142,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
             image_score=image_score,
             fpfh_backend=fpfh_backend,
             voxel_size=voxel_size,
+            fpfh_options=fpfh_options,
             blur_kernel_size=blur_kernel_size,
             blur_sigma=blur_sigma,
             preset=preset,

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from anomalib.data import InferenceBatch
@@ -120,6 +121,7 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         image_score (str): ``"nearest"`` or ``"reweighted"``.
         fpfh_backend (str): ``"open3d"`` or ``"torch"``.
         voxel_size (float): FPFH voxel size in metres. Defaults to ``0.05`` (BTF).
+        fpfh_options (dict | None): Options of the torch FPFH backend (``window``, ``normal_orientation``, ...).
         blur_kernel_size (int): Gaussian kernel of the anomaly map. Defaults to ``15``.
         blur_sigma (float): Gaussian sigma of the anomaly map. Defaults to ``4.0``.
         n_reweight (int): Neighbours of the reweighted score. Defaults to ``3``.
@@ -154,6 +156,7 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         n_reweight: int = 3,
         preset: str = "btm",
         store_dtype: str = "float32",
+        fpfh_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:
@@ -164,7 +167,11 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         self.modality = modality
         self.preset = preset
         self.rgb_branch = RGBBranch(backbone, layers, pre_trained, patch_padding=not btf) if modality != "xyz" else None
-        self.xyz_branch = XYZBranch(fpfh_backend, voxel_size, patch_padding=not btf) if modality != "rgb" else None
+        self.xyz_branch = (
+            XYZBranch(fpfh_backend, voxel_size, patch_padding=not btf, fpfh_options=fpfh_options)
+            if modality != "rgb"
+            else None
+        )
         self.scorer = DualKScorer(
             k_image, scoring["k_pixel"], scoring["pixel_metric"], scoring["image_score"], n_reweight
         )

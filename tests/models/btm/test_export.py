@@ -41,9 +41,18 @@ def _like(actual: np.ndarray, expected: torch.Tensor) -> np.ndarray:
     return _as(actual, expected) - expected.numpy()
 
 
-def _fitted_stub(modality: str, preset: str = "btm", fpfh_backend: str = "torch") -> BTM:
+def _fitted_stub(
+    modality: str, preset: str = "btm", fpfh_backend: str = "torch", fpfh_options: dict | None = None
+) -> BTM:
     """A BTM whose bank and modality are set by hand (cheap; for the checks that run before any tracing)."""
-    model = BTM(backbone="resnet18", pre_trained=False, modality=modality, fpfh_backend=fpfh_backend, preset=preset)
+    model = BTM(
+        backbone="resnet18",
+        pre_trained=False,
+        modality=modality,
+        fpfh_backend=fpfh_backend,
+        fpfh_options=fpfh_options,
+        preset=preset,
+    )
     dim = {"rgb": 384, "xyz": 33, "rgb+xyz": 417}[modality]
     model.model.memory_bank = torch.rand(16, dim)
     return model.eval()
@@ -70,6 +79,14 @@ def test_open3d_models_export_with_open3d_normal_signs_and_a_warning(caplog: pyt
     assert module.fpfh.normal_orientation == "open3d"
     assert "fpfh_backend='open3d'" in caplog.text
     assert BTMExportModule(_fitted_stub("xyz")).fpfh.normal_orientation == "camera"  # type: ignore[union-attr]
+
+
+def test_the_exported_fpfh_uses_the_models_torch_options() -> None:
+    options = {"window": 9, "normal_orientation": "open3d", "selection": "exact", "cpu_kernel": False}
+    fpfh = BTMExportModule(_fitted_stub("xyz", fpfh_options=options)).fpfh
+    assert fpfh is not None
+    assert (fpfh.window, fpfh.normal_orientation, fpfh.selection) == (9, "open3d", "exact")
+    assert fpfh.normal_window == 7  # unset options keep their defaults
 
 
 def test_compression_checks_run_before_anything_is_written(tmp_path: Path) -> None:

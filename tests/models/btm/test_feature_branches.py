@@ -12,8 +12,10 @@ import timm
 import torch
 from torch.nn import functional as F
 
+from anomalib_btm.features import compute_fpfh
 from anomalib_btm.models.btm.feature_branches import RGBBranch, XYZBranch
 from anomalib_btm.weights import EFFICIENTNET_LITE0_BACKBONE, EFFICIENTNET_LITE0_LAYERS
+from tests.features.test_fpfh import make_cloud
 
 
 def test_rgb_branch_shapes_and_pooling() -> None:
@@ -71,6 +73,27 @@ def test_xyz_branch_bad_arguments() -> None:
         XYZBranch(fpfh_backend="pcl")
     with pytest.raises(ValueError, match="voxel_size"):
         XYZBranch(voxel_size=0.0)
+    with pytest.raises(ValueError, match=r"\['windows'\].*valid options"):
+        XYZBranch(fpfh_backend="torch", fpfh_options={"windows": 9})
+    with pytest.raises(ValueError, match=r"`window`.*odd"):
+        XYZBranch(fpfh_backend="torch", fpfh_options={"window": 12})
+    with pytest.raises(ValueError, match="`max_nn` must be an integer"):
+        XYZBranch(fpfh_backend="torch", fpfh_options={"max_nn": 99.5})
+    with pytest.raises(ValueError, match="normal_orientation"):
+        XYZBranch(fpfh_backend="torch", fpfh_options={"normal_orientation": "up"})
+    with pytest.raises(ValueError, match="fpfh_backend='torch' only"):
+        XYZBranch(fpfh_backend="open3d", fpfh_options={"window": 9})
+
+
+def test_xyz_branch_passes_its_options_to_the_torch_fpfh() -> None:
+    options = {"window": 5, "normal_window": 3, "normal_orientation": "open3d", "selection": "exact"}
+    branch = XYZBranch(fpfh_backend="torch", fpfh_options=options)
+    xyz = make_cloud(56, seed=2)[None]
+    expected = branch.pool(compute_fpfh(xyz, backend="torch", **options), (28, 28))
+    default = XYZBranch(fpfh_backend="torch")(xyz, (56, 56), (28, 28))
+    out = branch(xyz, (56, 56), (28, 28))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert not torch.allclose(out, default)  # the options change the features
 
 
 def test_btf_patch_pooling_has_no_padding_then_adaptive_pooling() -> None:
