@@ -14,6 +14,7 @@ per ``--generated`` seed) — say so when quoting the numbers; with ``--data-roo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -64,7 +65,9 @@ def evaluate(root: Path, category: str, config: dict[str, object], args: argpars
     datamodule = MVTec3D(
         root=root, category=category, num_workers=args.num_workers, train_batch_size=8, eval_batch_size=8
     )
-    model = BTM(**backbone_args(args.weights, work), fpfh_backend=args.fpfh_backend, **config)
+    model = BTM(
+        **backbone_args(args.weights, work), fpfh_backend=args.fpfh_backend, fpfh_options=args.fpfh_options, **config
+    )
     engine = Engine(default_root_dir=work / "results", logger=False, enable_progress_bar=False, accelerator="auto")
     engine.fit(model=model, datamodule=datamodule)
     return engine.test(model=model, datamodule=datamodule, verbose=False)[0]
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--weights", choices=["lite0", "imagenet", "random"], default="lite0")
     parser.add_argument("--fpfh-backend", default="open3d")
+    parser.add_argument(
+        "--fpfh-options", type=json.loads, default=None, help="torch FPFH options as JSON, e.g. '{\"window\": 13}'"
+    )
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
@@ -112,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds[category, name] = time.perf_counter() - start
             print(f"done: {category} / {name} in {seconds[category, name]:.0f} s", file=sys.stderr, flush=True)
 
-    lines = [f"Data: {source}; backbone weights: {args.weights}; FPFH: {args.fpfh_backend}.", ""]
+    fpfh = args.fpfh_backend + (f" {json.dumps(args.fpfh_options)}" if args.fpfh_options else "")
+    lines = [f"Data: {source}; backbone weights: {args.weights}; FPFH: {fpfh}.", ""]
     header = "| category | " + " | ".join(f"{n} {m}" for n in args.configs for m, _ in METRICS) + " | time (s) |"
     lines += [header, "|" + " --- |" * (2 + len(args.configs) * len(METRICS))]
     for category in categories:

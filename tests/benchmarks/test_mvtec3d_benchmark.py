@@ -31,10 +31,15 @@ def test_benchmark_table_on_generated_data(tmp_path: Path, capsys: pytest.Captur
         "128",
         "--output",
         str(output),
+        "--fpfh-backend",
+        "torch",
+        "--fpfh-options",
+        '{"window": 9}',
     ]
     assert module.main([*args, "--configs", "BTM 3D", "BTF RGB+3D"]) == 0
     table = output.read_text()
     assert "generated data" in table
+    assert 'FPFH: torch {"window": 9}' in table
     header = next(line for line in table.splitlines() if line.startswith("| category"))
     for name in ("BTM 3D", "BTF RGB+3D"):
         for metric in ("I-AUROC", "AUPRO@0.3", "P-AUROC"):
