@@ -104,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile on CPU")
     parser.add_argument("--no-eager-cpu", action="store_true", help="skip the (slow) eager CPU timing")
     parser.add_argument("--window", type=int, default=None, help="override the torch backend's window")
@@ -123,21 +123,31 @@ def main() -> None:
     rows: list[tuple[str, int, float, float | None]] = []
     cpu_sync: Callable[[], None] = lambda: None  # noqa: E731
 
-    open3d_time, reference = timed(lambda: compute_fpfh(clouds, backend="open3d"), args.repeats, cpu_sync)
-    open3d_per_cloud = open3d_time / args.batch
-    rows.append(("open3d (CPU)", args.batch, open3d_per_cloud, None))
-
+    # Open3D and the default torch path are timed in alternating rounds, so that a noisy neighbour slows both
+    # alike; the speed-up is the median of the per-round ratios.
     start = time.perf_counter()
     compute_fpfh(clouds[:1], backend="torch", **options)
     first_call = time.perf_counter() - start
-    singles, _ = timed(
-        lambda: torch.cat([compute_fpfh(cloud[None], backend="torch", **options) for cloud in clouds]),
-        args.repeats,
-        cpu_sync,
-    )
-    rows.append((f"torch, fused CPU kernels (default; first call {first_call:.1f} s)", 1, singles / args.batch, None))
-    kernel_time, kernel_out = timed(lambda: compute_fpfh(clouds, backend="torch", **options), args.repeats, cpu_sync)
-    rows.append(("torch, fused CPU kernels (default)", args.batch, kernel_time / args.batch, None))
+    reference = compute_fpfh(clouds, backend="open3d")
+    kernel_out = compute_fpfh(clouds, backend="torch", **options)
+    rounds: dict[str, list[float]] = {"open3d": [], "single": [], "batch": []}
+    for _ in range(args.repeats):
+        for key, run in (
+            ("open3d", lambda: compute_fpfh(clouds, backend="open3d")),
+            ("single", lambda: [compute_fpfh(cloud[None], backend="torch", **options) for cloud in clouds]),
+            ("batch", lambda: compute_fpfh(clouds, backend="torch", **options)),
+        ):
+            start = time.perf_counter()
+            run()
+            rounds[key].append((time.perf_counter() - start) / args.batch)
+    open3d_per_cloud = float(np.median(rounds["open3d"]))
+    rows.append(("open3d (CPU)", args.batch, open3d_per_cloud, None))
+    for key, batch, label in (
+        ("single", 1, f"torch, fused CPU kernels (default; first call {first_call:.1f} s)"),
+        ("batch", args.batch, "torch, fused CPU kernels (default)"),
+    ):
+        ratios = [o / k for o, k in zip(rounds["open3d"], rounds[key], strict=True)]
+        rows.append((label, batch, float(np.median(rounds[key])), float(np.median(ratios))))
 
     graph_out = None
     if not args.no_eager_cpu:
@@ -175,8 +185,10 @@ def main() -> None:
 
     print("| backend | batch | ms / cloud | speed-up vs Open3D |")
     print("|---|---:|---:|---:|")
-    for name, batch, per_cloud, _ in rows:
-        print(f"| {name} | {batch} | {per_cloud * 1000:.1f} | {open3d_per_cloud / per_cloud:.1f}× |")
+    for name, batch, per_cloud, ratio in rows:
+        speed_up = open3d_per_cloud / per_cloud if ratio is None else ratio
+        print(f"| {name} | {batch} | {per_cloud * 1000:.1f} | {speed_up:.1f}× |")
+    print(f"\n(median of {args.repeats} alternating rounds; fused-kernel speed-ups are medians of per-round ratios)")
 
     margin = (options.get("window", 11)) // 2
     interior = interior_mask(clouds, margin)

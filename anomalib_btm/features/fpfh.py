@@ -59,6 +59,17 @@ def valid_point_mask(xyz: torch.Tensor) -> torch.Tensor:
     return (xyz != 0).all(dim=1, keepdim=True)
 
 
+def _all_finite(xyz: torch.Tensor) -> bool:
+    """Whether every coordinate is finite.
+
+    CPU float32/float64 input is checked by NumPy on the calling thread: a torch operation here would leave torch's
+    OpenMP threads spinning on the cores that the FPFH kernels run on next (measured: 5-9 ms per 224² cloud).
+    """
+    if xyz.device.type == "cpu" and xyz.dtype in (torch.float32, torch.float64):
+        return bool(np.isfinite(xyz.detach().numpy()).all())
+    return bool(torch.isfinite(xyz).all())
+
+
 def _check_xyz(xyz: torch.Tensor) -> None:
     """Validate the input of :func:`compute_fpfh`.
 
@@ -81,7 +92,7 @@ def _check_xyz(xyz: torch.Tensor) -> None:
     if not xyz.is_floating_point():
         msg = f"`xyz` must be a floating point tensor (metres), got dtype {xyz.dtype}."
         raise ValueError(msg)
-    if xyz.numel() and not bool(torch.isfinite(xyz).all()):
+    if xyz.numel() and not _all_finite(xyz):
         msg = (
             "`xyz` contains NaN or infinite coordinates. Mark missing points as exactly (0, 0, 0) instead, "
             "e.g. `xyz = torch.nan_to_num(xyz, nan=0.0, posinf=0.0, neginf=0.0)` followed by "
