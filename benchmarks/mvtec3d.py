@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224, help="generated image size")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--weights", choices=["lite0", "imagenet", "random"], default="lite0")
-    parser.add_argument("--fpfh-backend", default="open3d")
+    parser.add_argument("--fpfh-backend", default="torch")
     parser.add_argument(
         "--fpfh-options", type=json.loads, default=None, help="torch FPFH options as JSON, e.g. '{\"window\": 13}'"
     )

@@ -13,7 +13,7 @@ Steps:
 
 Usage::
 
-    python examples/demo.py [--output demo_output] [--n-train 20] [--fpfh-backend open3d]
+    python examples/demo.py [--output demo_output] [--n-train 20] [--fpfh-backend torch|open3d]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--n-train", type=int, default=20)
     parser.add_argument("--n-test-good", type=int, default=8)
     parser.add_argument("--n-test-defect", type=int, default=3)
-    parser.add_argument("--fpfh-backend", default="open3d")
+    parser.add_argument("--fpfh-backend", default="torch")
     parser.add_argument("--modality", default="rgb+xyz")
     args = parser.parse_args()
 

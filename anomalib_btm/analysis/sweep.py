@@ -455,7 +455,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pre-trained", type=_pre_trained, default=True, help="true (ImageNet, needs timm's cache), false, or a path."
     )
-    parser.add_argument("--fpfh-backend", default="open3d", choices=("open3d", "torch"))
+    parser.add_argument("--fpfh-backend", default="torch", choices=("open3d", "torch"))
     parser.add_argument("--coreset-sampling-ratio", type=float, default=0.1)
     parser.add_argument("--pixel-metric", default="squared_mean", choices=PIXEL_METRICS)
     parser.add_argument("--image-size", type=int, default=224, help="Working size of the pre-processor.")

@@ -7,13 +7,15 @@
 ``(0, 0, 0)``) to a ``(B, 33, H, W)`` map of Fast Point Feature Histograms, with zeros at missing
 points. Two backends:
 
-* ``"open3d"`` (default, reference): the valid points of each cloud go through Open3D's
+* ``"torch"`` (default): Open3D's definition on the organized grid (neighbours are searched in a
+  fixed pixel window), batched, device agnostic and exportable to ONNX / OpenVINO; float32 CPU input
+  runs through fused Numba kernels (:mod:`anomalib_btm.features.fpfh_numba`), about 20× faster
+  than Open3D on 2 cores. BTM's detection metrics equal Open3D's within 0.01 (package README). See
+  :mod:`anomalib_btm.features.fpfh_torch` for the differences to Open3D.
+* ``"open3d"`` (reference): the valid points of each cloud go through Open3D's
   ``estimate_normals`` (hybrid search, radius ``2 * voxel_size``, 30 neighbours) and
   ``compute_fpfh_feature`` (radius ``5 * voxel_size``, 100 neighbours), exactly as Back to the
   Feature (BTF) does. CPU only, not traceable.
-* ``"torch"``: an equivalent implementation on the organized grid (neighbours are searched in a
-  fixed pixel window), batched, device agnostic and exportable to ONNX / OpenVINO. See
-  :mod:`anomalib_btm.features.fpfh_torch` for the differences to Open3D.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def compute_fpfh_open3d(xyz: torch.Tensor, voxel_size: float = 0.05) -> torch.Te
 
 def compute_fpfh(
     xyz: torch.Tensor,
-    backend: str = "open3d",
+    backend: str = "torch",
     voxel_size: float = 0.05,
     **torch_options: Any,
 ) -> torch.Tensor:
@@ -148,15 +150,15 @@ def compute_fpfh(
     Args:
         xyz: Organized clouds of shape ``(B, 3, H, W)``, floating point, in metres. Missing points are
             exactly ``(0, 0, 0)``; a point is valid iff all three coordinates are non-zero.
-        backend: ``"open3d"`` (reference, CPU, as in BTF) or ``"torch"`` (organized-grid implementation,
-            batched, runs on the device of ``xyz`` and exports to ONNX).
+        backend: ``"torch"`` (default; organized-grid implementation, batched, runs on the device of ``xyz``,
+            exports to ONNX) or ``"open3d"`` (reference, CPU, as in BTF).
         voxel_size: Scale of the search radii: normals use ``2 * voxel_size`` and at most 30 neighbours,
             FPFH ``5 * voxel_size`` and at most 100 neighbours (BTF: 0.05 with metres).
         **torch_options: Options of the torch backend only, passed to
             :func:`anomalib_btm.features.fpfh_torch.fpfh_torch`: ``window`` (11), ``normal_window`` (7),
             ``normal_orientation`` (``"camera"`` or ``"open3d"``), ``selection`` (``"fast"`` or ``"exact"``),
-            ``passes``, ``max_nn``, ``normal_max_nn``, ``compile`` (``torch.compile`` the stages) and
-            ``batch_chunk``.
+            ``passes``, ``max_nn``, ``normal_max_nn``, ``compile`` (``torch.compile`` the stages),
+            ``batch_chunk`` and ``cpu_kernel`` (``False``: the torch graph instead of the fused CPU kernels).
 
     Returns:
         Float32 tensor ``(B, 33, H, W)`` on the device of ``xyz``: the FPFH of each valid point (each

@@ -8,12 +8,13 @@
 ``"fast"``/``"exact"`` neighbour selection, covariances, the closed-form eigen solver, pair-feature bins, histograms,
 the ``1/d²``-weighted neighbour sum — but pixel row by pixel row with every per-candidate value in registers or a
 cache-resident row buffer, where the torch graph streams one ``(B, window**2, H, W)`` tensor per operation through
-memory. Results equal the torch graph's up to float32 rounding (LLVM may fuse multiply-adds): a pair feature
-within rounding of a bin edge may fall into the neighbouring bin, and a neighbour-count correction pass may then
-step differently (``tests/features/test_fpfh_numba.py`` bounds both).
+memory. Results equal the torch graph's up to float32 rounding (LLVM may fuse multiply-adds; ``atan2`` is Cephes'
+float32 polynomial, within 1e-6 rad of the library function): a pair feature within rounding of a bin edge may fall
+into the neighbouring bin, and a neighbour-count correction pass may then step differently
+(``tests/features/test_fpfh_numba.py`` bounds both).
 
 Rows are split into chunks that a thread pool of ``torch.get_num_threads()`` workers runs concurrently (the
-kernels release the GIL). The first call in a fresh environment compiles the kernels (about 20 s); Numba caches
+kernels release the GIL). The first call in a fresh environment compiles the kernels (about 8 s); Numba caches
 the machine code on disk, later processes load it in well under a second.
 
 The torch graph remains the implementation for CUDA, ``torch.compile``, ONNX/OpenVINO export, float64 input and

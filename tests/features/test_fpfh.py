@@ -103,10 +103,11 @@ def test_open3d_invalid_points_are_zero(cloud: torch.Tensor, open3d_fpfh: torch.
     assert (open3d_fpfh[0][:, invalid] == 0).all()
 
 
-def test_point_with_one_zero_coordinate_is_invalid() -> None:
+@pytest.mark.parametrize("backend", ["open3d", "torch"])
+def test_point_with_one_zero_coordinate_is_invalid(backend: str) -> None:
     xyz = make_cloud(32, seed=2, disc=False, hole_fraction=0.0)[None]
     xyz[0, 0, 10, 10] = 0.0  # x = 0 only: the point counts as missing (BTF tests all(p != 0))
-    features = compute_fpfh(xyz)
+    features = compute_fpfh(xyz, backend=backend)
     assert (features[0, :, 10, 10] == 0).all()
     assert (features[0, :, 10, 11] != 0).any()
 
@@ -114,9 +115,10 @@ def test_point_with_one_zero_coordinate_is_invalid() -> None:
 def test_open3d_batch_equals_single_clouds() -> None:
     clouds = torch.stack([make_cloud(64, seed=s) for s in range(3)])
     clouds[1] = 0.0  # an empty cloud inside the batch
-    batched = compute_fpfh(clouds)
+    batched = compute_fpfh(clouds, backend="open3d")
     for index in range(3):
-        torch.testing.assert_close(batched[index : index + 1], compute_fpfh(clouds[index : index + 1]), rtol=0, atol=0)
+        single = compute_fpfh(clouds[index : index + 1], backend="open3d")
+        torch.testing.assert_close(batched[index : index + 1], single, rtol=0, atol=0)
     assert (batched[1] == 0).all()
 
 
@@ -125,7 +127,7 @@ def test_open3d_translation_invariance(cloud: torch.Tensor, open3d_fpfh: torch.T
     # over a bin edge, so descriptors agree almost everywhere and correlate everywhere.
     moved = rigid_transform(cloud, 0.0, (0.0, 0.0, 1.0), (0.05, -0.03, 0.1))
     valid = (cloud != 0).all(dim=1)[0]
-    a, b = open3d_fpfh[0][:, valid], compute_fpfh(moved)[0][:, valid]
+    a, b = open3d_fpfh[0][:, valid], compute_fpfh(moved, backend="open3d")[0][:, valid]
     close = ((a - b).abs().amax(dim=0) < 1e-2).float().mean()
     assert close > 0.9
     assert per_point_correlation(a, b).min() > 0.95
@@ -138,7 +140,7 @@ def test_open3d_rotation_invariance(cloud: torch.Tensor, open3d_fpfh: torch.Tens
     # point's (and their neighbours') histograms. What holds: most points keep their descriptor.
     moved = rigid_transform(cloud, angle, (1.0, 2.0, 3.0), (0.1, -0.2, 0.3))
     valid = (cloud != 0).all(dim=1)[0]
-    a, b = open3d_fpfh[0][:, valid], compute_fpfh(moved)[0][:, valid]
+    a, b = open3d_fpfh[0][:, valid], compute_fpfh(moved, backend="open3d")[0][:, valid]
     correlation = per_point_correlation(a, b)
     assert correlation.median() > 0.999
     assert (correlation > 0.99).float().mean() > 0.8
@@ -150,7 +152,7 @@ def test_open3d_tiny_clouds(n_valid: int) -> None:
     points = torch.tensor([[0.01, 0.02, 0.5], [0.012, 0.021, 0.5], [0.011, 0.025, 0.501]])
     for index in range(n_valid):
         xyz[0, :, 2, 2 + index] = points[index]
-    features = compute_fpfh(xyz)
+    features = compute_fpfh(xyz, backend="open3d")
     assert features.shape == (1, FPFH_DIM, 8, 8)
     assert torch.isfinite(features).all()
     valid = (xyz != 0).all(dim=1)[0]
@@ -179,6 +181,11 @@ def test_non_finite_input_raises(backend: str, bad: float) -> None:
 def test_wrong_shape_raises(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"expected \(B, 3, H, W\)"):
         compute_fpfh(torch.ones(shape))
+
+
+def test_torch_is_the_default_backend() -> None:
+    xyz = make_cloud(24, seed=8)[None]
+    torch.testing.assert_close(compute_fpfh(xyz), compute_fpfh(xyz, backend="torch"), rtol=0, atol=0)
 
 
 def test_unknown_backend_lists_choices() -> None:

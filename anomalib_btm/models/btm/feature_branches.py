@@ -224,7 +224,7 @@ class XYZBranch(nn.Module):
     """FPFH patch features of the organized point cloud.
 
     Args:
-        fpfh_backend (str): ``"open3d"`` (the reference) or ``"torch"``.
+        fpfh_backend (str): ``"torch"`` (default) or ``"open3d"`` (the reference).
         voxel_size (float): BTF's voxel size in metres; normals use radius ``2·voxel`` (30 NN), FPFH
             ``5·voxel`` (100 NN).
         patch_padding (bool): 3 × 3 mean with padding 1 (BTM) or without (BTF).
@@ -236,7 +236,7 @@ class XYZBranch(nn.Module):
 
     def __init__(
         self,
-        fpfh_backend: str = "open3d",
+        fpfh_backend: str = "torch",
         voxel_size: float = 0.05,
         patch_padding: bool = True,
         fpfh_options: dict[str, Any] | None = None,

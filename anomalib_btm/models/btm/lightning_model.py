@@ -75,7 +75,8 @@ class BTM(MemoryBankMixin, AnomalibModule):
         k_pixel (int): Neighbours for the pixel map. Defaults to ``3`` (BTM).
         pixel_metric (str): ``"squared_mean"`` (BTM) or ``"mean"``.
         image_score (str): ``"nearest"`` (BTM) or ``"reweighted"`` (BTF/PatchCore, for comparison).
-        fpfh_backend (str): ``"open3d"`` (reference) or ``"torch"``.
+        fpfh_backend (str): ``"torch"`` (default: Open3D's definition on the organized grid, fast on CPU and GPU,
+            exportable; same detection metrics as Open3D, see the README) or ``"open3d"`` (BTF's reference).
         voxel_size (float): FPFH voxel size in metres (normals radius 2·voxel, FPFH radius 5·voxel).
         fpfh_options (dict | None): Options of the torch FPFH backend, e.g. ``{"window": 13}`` for steep surfaces or
             ``{"normal_orientation": "open3d"}`` for Open3D's normal signs (see
@@ -108,7 +109,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
         k_pixel: int = 3,
         pixel_metric: str = "squared_mean",
         image_score: str = "nearest",
-        fpfh_backend: str = "open3d",
+        fpfh_backend: str = "torch",
         voxel_size: float = 0.05,
         fpfh_options: dict[str, Any] | None = None,
         blur_kernel_size: int = 15,

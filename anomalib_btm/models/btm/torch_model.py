@@ -119,7 +119,7 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         k_pixel (int): Neighbours for the pixel map. Defaults to ``3``.
         pixel_metric (str): ``"squared_mean"`` or ``"mean"``.
         image_score (str): ``"nearest"`` or ``"reweighted"``.
-        fpfh_backend (str): ``"open3d"`` or ``"torch"``.
+        fpfh_backend (str): ``"torch"`` (default) or ``"open3d"``.
         voxel_size (float): FPFH voxel size in metres. Defaults to ``0.05`` (BTF).
         fpfh_options (dict | None): Options of the torch FPFH backend (``window``, ``normal_orientation``, ...).
         blur_kernel_size (int): Gaussian kernel of the anomaly map. Defaults to ``15``.
@@ -149,7 +149,7 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         k_pixel: int = 3,
         pixel_metric: str = "squared_mean",
         image_score: str = "nearest",
-        fpfh_backend: str = "open3d",
+        fpfh_backend: str = "torch",
         voxel_size: float = 0.05,
         blur_kernel_size: int = 15,
         blur_sigma: float = 4.0,
