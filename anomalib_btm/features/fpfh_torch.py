@@ -51,7 +51,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -785,22 +785,19 @@ def fpfh_torch(
         ValueError: On invalid options.
     """
     _check_options(window, normal_window, max_nn, normal_max_nn, normal_orientation, selection)
+    options: dict[str, Any] = {
+        "window": window,
+        "normal_window": normal_window,
+        "max_nn": max_nn,
+        "normal_max_nn": normal_max_nn,
+        "normal_orientation": normal_orientation,
+        "selection": selection,
+        "passes": passes,
+    }
     if batch_chunk is not None and 0 < batch_chunk < xyz.shape[0]:
         return torch.cat(
             [
-                fpfh_torch(
-                    chunk,
-                    voxel_size,
-                    window=window,
-                    normal_window=normal_window,
-                    max_nn=max_nn,
-                    normal_max_nn=normal_max_nn,
-                    normal_orientation=normal_orientation,
-                    selection=selection,
-                    passes=passes,
-                    compile=compile,
-                    cpu_kernel=cpu_kernel,
-                )
+                fpfh_torch(chunk, voxel_size, **options, compile=compile, cpu_kernel=cpu_kernel)
                 for chunk in xyz.split(batch_chunk)
             ]
         )
@@ -809,30 +806,14 @@ def fpfh_torch(
     if cpu_kernel and _kernel_applies(xyz, compile):
         from anomalib_btm.features.fpfh_numba import fpfh_numba
 
-        return fpfh_numba(
-            xyz,
-            voxel_size,
-            window=window,
-            normal_window=normal_window,
-            max_nn=max_nn,
-            normal_max_nn=normal_max_nn,
-            normal_orientation=normal_orientation,
-            selection=selection,
-            passes=passes,
-        )
+        return fpfh_numba(xyz, voxel_size, **options)
 
     # Compiled and exported graphs take the whole map at once; eagerly, stages run band by band (same arithmetic).
     whole = compile or torch.compiler.is_exporting()
     return _fpfh_stages(
         xyz,
         voxel_size,
-        window=window,
-        normal_window=normal_window,
-        max_nn=max_nn,
-        normal_max_nn=normal_max_nn,
-        normal_orientation=normal_orientation,
-        selection=selection,
-        passes=passes,
+        **options,
         compile=compile,
         band_rows=None if whole else _BAND_ROWS,
     )
