@@ -581,20 +581,20 @@ def _fpfh_rows(
 
 
 _POOL_LOCK = threading.Lock()
-_POOL: dict[str, object] = {}
+_POOL: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
+"""``((process id, threads), executor)`` of the shared worker pool."""
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    """The shared worker pool for ``threads`` threads (recreated after a fork, whose child has no pool threads)."""
+    """The shared worker pool for ``threads`` threads, created anew after a fork (the child has no pool threads)."""
+    global _POOL
     with _POOL_LOCK:
         key = (os.getpid(), threads)
-        if _POOL.get("key") != key:
-            old = _POOL.get("executor")
-            if isinstance(old, ThreadPoolExecutor) and _POOL.get("key", (None,))[0] == os.getpid():
-                old.shutdown(wait=False)
-            _POOL["executor"] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfh")
-            _POOL["key"] = key
-        return _POOL["executor"]  # type: ignore[return-value]
+        if _POOL is None or _POOL[0] != key:
+            if _POOL is not None and _POOL[0][0] == key[0]:
+                _POOL[1].shutdown(wait=False)  # same process, other thread count
+            _POOL = (key, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfh"))
+        return _POOL[1]
 
 
 def _run_rows(kernel: Callable[..., None], rows: int, *args: object) -> None:
