@@ -426,6 +426,21 @@ def _bin(value: float, low: float, scale: float) -> int:
 
 
 @njit(**_JIT)
+def _count_bins(code: np.ndarray, selected: np.ndarray, offset: int, bits: int, packed: np.ndarray) -> None:
+    """Count the selected lanes' bins ``code - offset`` into the ``bits``-wide fields of ``packed`` ``(words, W)``.
+
+    Lanes whose bin lies in another word may compute any shift: the select discards them.
+    """
+    per_word = 63 // bits
+    for word in range(packed.shape[0]):
+        target = packed[word]
+        first = offset + word * per_word
+        for w in range(code.shape[0]):
+            field = np.int64(code[w] - first)
+            target[w] += (np.int64(1) << (bits * field)) if (selected[w] and field >= 0 and field < per_word) else 0
+
+
+@njit(**_JIT)
 def _spfh_rows(
     start: int,
     stop: int,
@@ -440,11 +455,15 @@ def _spfh_rows(
     spfh: np.ndarray,
     counts_out: np.ndarray,
     threshold_out: np.ndarray,
+    bits: int,
 ) -> None:
     """Neighbour selection and SPFH of rows ``start:stop``.
 
     Writes the SPFH into the zero-padded ``spfh`` ``(B, 33, H + window - 1, W + window - 1)`` (what the weighted
     sum reads), the neighbour count and the squared-distance threshold into ``(B, H, W)``.
+
+    Histograms are counted in ``bits``-wide fields of 64-bit words, one add per candidate and pixel for each feature
+    (vectorised: no scatter into bins; ``2**bits`` exceeds the number of candidates, so fields cannot overflow).
     """
     height, width = xyz.shape[2], xyz.shape[3]
     num = window * window
@@ -456,14 +475,16 @@ def _spfh_rows(
     counts = np.empty(width, _F32)
     bins = np.empty((3, width), np.int32)
     selected = np.empty(width, np.bool_)
-    histogram = np.empty((width, 3 * _NUM_BINS), _F32)
-    neighbours = np.empty(width, _F32)
+    per_word = 63 // bits
+    words = -(-_NUM_BINS // per_word)
+    mask = (np.int64(1) << bits) - 1
+    packed = np.empty((3, words, width), np.int64)
+    unpacked = np.empty(3 * _NUM_BINS, _F32)
     for row in range(start, stop):
         b, y = row // height, row % height
         _candidate_distances(padded, xyz, valid, b, y, window, radius2, 6, sqd, adm)
         _threshold(sqd, adm, window, k, exact, passes, threshold, counts)
-        histogram[:] = _ZERO
-        neighbours[:] = _ZERO
+        packed[:] = 0
         px, py, pz = xyz[b, 0, y], xyz[b, 1, y], xyz[b, 2, y]
         ax_, ay_, az_ = (
             padded[b, 3, y + half, half : half + width],
@@ -506,17 +527,25 @@ def _spfh_rows(
                 bins[1, w] = _bin(f1, -_ONE, _UNIT_SCALE) + _NUM_BINS
                 bins[2, w] = _bin(f2, -_ONE, _UNIT_SCALE) + 2 * _NUM_BINS
                 selected[w] = adm[p, w] and s <= threshold[w]
-            for w in range(width):
-                if selected[w]:
-                    histogram[w, bins[0, w]] += _ONE
-                    histogram[w, bins[1, w]] += _ONE
-                    histogram[w, bins[2, w]] += _ONE
-                    neighbours[w] += _ONE
+            for group in range(3):
+                _count_bins(bins[group], selected, group * _NUM_BINS, bits, packed[group])
         for w in range(width):
-            scale = _safe_div(_HUNDRED, neighbours[w])
+            # Unpack the fields (no division in this loop: it runs 33 times per pixel).
+            for group in range(3):
+                q = 0
+                for word in range(words):
+                    value = packed[group, word, w]
+                    for _ in range(min(per_word, _NUM_BINS - q)):
+                        unpacked[group * _NUM_BINS + q] = _F32(value & mask)
+                        value >>= bits
+                        q += 1
+            neighbours = _ZERO
+            for q in range(_NUM_BINS):
+                neighbours += unpacked[q]
+            scale = _safe_div(_HUNDRED, neighbours)
             for q in range(3 * _NUM_BINS):
-                spfh[b, q, y + half, w + half] = histogram[w, q] * scale
-            counts_out[b, y, w] = neighbours[w]
+                spfh[b, q, y + half, w + half] = unpacked[q] * scale
+            counts_out[b, y, w] = neighbours
             threshold_out[b, y, w] = threshold[w]
 
 
@@ -651,7 +680,9 @@ def _fpfh_cloud(
     counts = np.empty((batch, height, width), np.float32)
     threshold = np.empty((batch, height, width), np.float32)
     radius2 = _F32((5.0 * voxel_size) ** 2)
-    _run_rows(_spfh_rows, rows, padded, xyz, valid, window, radius2, max_nn, exact, passes, spfh, counts, threshold)
+    bits = max(1, (window * window - 1).bit_length())  # histogram fields hold up to window**2 - 1 neighbours
+    _run_rows(_spfh_rows, rows, padded, xyz, valid, window, radius2, max_nn, exact, passes, spfh, counts, threshold,
+              bits)  # fmt: skip
     _run_rows(_fpfh_rows, rows, padded, xyz, valid, spfh, counts, threshold, window, radius2, out)
 
 

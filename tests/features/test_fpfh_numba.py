@@ -46,8 +46,9 @@ def _agreement(kernel: torch.Tensor, graph: torch.Tensor, xyz: torch.Tensor) -> 
         {"window": 5, "normal_window": 3},
         {"window": 13, "normal_window": 9, "max_nn": 140, "normal_max_nn": 50},
         {"voxel_size": 0.002},  # radii inside the neighbourhoods: the radius, not max_nn, bounds them
+        {"window": 33, "normal_window": 3, "max_nn": 900},  # 1089 candidates: three words of histogram fields
     ],
-    ids=["defaults", "open3d-signs", "exact", "small-windows", "large-windows", "small-radius"],
+    ids=["defaults", "open3d-signs", "exact", "small-windows", "large-windows", "small-radius", "huge-window"],
 )
 def test_kernels_equal_the_torch_graph(options: dict) -> None:
     xyz = _clouds()
