@@ -773,7 +773,7 @@ def fpfh_torch(
         batch_chunk: Process at most this many clouds at once (bounds the memory of eager execution, where
             intermediates of shape ``(chunk, window**2, H, W)`` are materialised). ``None``: the whole batch.
         cpu_kernel: Compute CPU input with the fused kernels of :mod:`anomalib_btm.features.fpfh_numba` (same
-            arithmetic, about 7× faster than the eager torch graph, measured in ``benchmarks/fpfh.py``). Applies
+            arithmetic, about 8× faster than the eager torch graph, measured in ``benchmarks/fpfh.py``). Applies
             only where the graph is not needed: float32 (or lower precision) CPU input, no ``compile``, not while
             exporting, compiling or tracing, no gradient required. ``False``: always the torch graph.
 
