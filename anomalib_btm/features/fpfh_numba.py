@@ -688,17 +688,19 @@ def _fpfh_cloud(
 
 def fpfh_numba(
     xyz: torch.Tensor,
-    voxel_size: float = 0.05,
+    voxel_size: float,
     *,
-    window: int = 11,
-    normal_window: int = 7,
-    max_nn: int = 100,
-    normal_max_nn: int = 30,
-    normal_orientation: str = "camera",
-    selection: str = "fast",
-    passes: int = 3,
+    window: int,
+    normal_window: int,
+    max_nn: int,
+    normal_max_nn: int,
+    normal_orientation: str,
+    selection: str,
+    passes: int,
 ) -> torch.Tensor:
-    """FPFH of float32 CPU clouds ``(B, 3, H, W)`` with the fused kernels (options as in ``fpfh_torch``).
+    """FPFH of float32 CPU clouds ``(B, 3, H, W)`` with the fused kernels.
+
+    Called by :func:`anomalib_btm.features.fpfh_torch.fpfh_torch`, which owns the defaults and validates the options.
 
     Args:
         xyz: Organized clouds, float32 on the CPU, metres, missing points exactly ``(0, 0, 0)``.

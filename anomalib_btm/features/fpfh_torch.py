@@ -49,6 +49,7 @@ Differences to Open3D (measured in ``benchmarks/fpfh.py``):
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -701,8 +702,11 @@ def check_torch_options(options: dict[str, object]) -> None:
     if unknown:
         msg = f"Unknown torch FPFH option(s) {unknown}; valid options are {list(TORCH_OPTIONS)}."
         raise ValueError(msg)
-    defaults = {"window": 11, "normal_window": 7, "max_nn": 100, "normal_max_nn": 30}
-    numbers = {**defaults, **{name: options[name] for name in defaults if name in options}}
+    parameters = inspect.signature(fpfh_torch).parameters
+    numbers = {
+        name: options.get(name, parameters[name].default)
+        for name in ("window", "normal_window", "max_nn", "normal_max_nn")
+    }
     for name, value in numbers.items():
         if isinstance(value, bool) or not isinstance(value, int):
             msg = f"Torch FPFH option `{name}` must be an integer, got {value!r}."
@@ -712,8 +716,8 @@ def check_torch_options(options: dict[str, object]) -> None:
         numbers["normal_window"],
         numbers["max_nn"],
         numbers["normal_max_nn"],
-        str(options.get("normal_orientation", "camera")),
-        str(options.get("selection", "fast")),
+        str(options.get("normal_orientation", parameters["normal_orientation"].default)),
+        str(options.get("selection", parameters["selection"].default)),
     )
 
 

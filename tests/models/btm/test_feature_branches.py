@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from anomalib_btm.features import compute_fpfh
+from anomalib_btm.features.fpfh_torch import TORCH_OPTIONS, fpfh_torch
 from anomalib_btm.models.btm.feature_branches import RGBBranch, XYZBranch
 from anomalib_btm.weights import EFFICIENTNET_LITE0_BACKBONE, EFFICIENTNET_LITE0_LAYERS
 from tests.features.test_fpfh import make_cloud
@@ -83,6 +85,12 @@ def test_xyz_branch_bad_arguments() -> None:
         XYZBranch(fpfh_backend="torch", fpfh_options={"normal_orientation": "up"})
     with pytest.raises(ValueError, match="fpfh_backend='torch' only"):
         XYZBranch(fpfh_backend="open3d", fpfh_options={"window": 9})
+
+
+def test_torch_options_are_the_keyword_options_of_fpfh_torch() -> None:
+    # `fpfh_options` accepts exactly what `fpfh_torch` takes (besides the cloud and the voxel size).
+    parameters = set(inspect.signature(fpfh_torch).parameters) - {"xyz", "voxel_size"}
+    assert set(TORCH_OPTIONS) == parameters
 
 
 def test_xyz_branch_passes_its_options_to_the_torch_fpfh() -> None:
