@@ -48,7 +48,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +59,7 @@ from PIL import Image
 __all__ = [
     "DEFECT_TYPES",
     "GEOMETRIC_DEFECTS",
+    "SHAPES",
     "CameraIntrinsics",
     "RenderedSample",
     "camera_intrinsics",
@@ -74,6 +75,9 @@ DEFECT_TYPES: tuple[str, ...] = ("dent", "bump", "crack", "hole", "color")
 GEOMETRIC_DEFECTS: tuple[str, ...] = ("dent", "bump", "crack", "hole")
 """Defect types that change the point cloud; ``color`` changes the RGB image only."""
 
+SHAPES: tuple[str, ...] = ("bagel", "ring45", "ring60", "ring80", "dome", "box")
+"""Object shapes the generator knows (see :func:`generate_category`); ``bagel`` is the default."""
+
 MIN_IMAGE_SIZE = 32
 
 # Scene constants (metres).
@@ -86,6 +90,29 @@ _NOISE_STD = 1.5e-4  # sensor noise along the ray
 _MARCH_STEPS = 10  # ray-marching samples through the height slab
 _REFINE_STEPS = 4  # regula falsi iterations after bracketing
 _SHADOW_STEPS = 8
+# The other shapes have sharp edges, steep walls and height jumps: more samples, and hits whose height residual stays
+# above _RESIDUAL_TOL (a ray that meets a height jump, i.e. a vertical face) are dropped from the cloud.
+_MARCH_STEPS_SHARP = 32
+_REFINE_STEPS_SHARP = 12
+_SHADOW_STEPS_SHARP = 16
+_RESIDUAL_TOL = 5e-5
+_CLIP_STEPS = 32  # fine samples within a march interval where a ray may clip a sharp edge
+# ringNN: straight-walled annulus; the radii are those of the walls at mid-height, the walls rise at NN degrees.
+_RING_INNER = 0.015
+_RING_OUTER = 0.033
+_RING_HEIGHT = 0.012
+# dome: spherical cap (the flanks are about 60 degrees steep at the base).
+_DOME_RADIUS = 0.035
+_DOME_HEIGHT = 0.020
+# box: width (across the tilt axis), length (along it), thickness; tilted about its long axis, one long edge lifted.
+_BOX_SIZE = (0.035, 0.050, 0.015)
+_BOX_TILT = (20.0, 30.0)  # degrees
+_BASE_COLORS = {
+    "bagel": (0.72, 0.50, 0.28),
+    "ring": (0.56, 0.60, 0.66),
+    "dome": (0.80, 0.74, 0.60),
+    "box": (0.68, 0.54, 0.38),
+}
 _COS_KEEP = 0.32  # points whose normal makes a cosine above this with both rays are always kept
 _COS_DROP = 0.12  # ... and below this are always dropped (linear dropout probability in between)
 
@@ -154,6 +181,8 @@ class _Shape:
     tex_vectors: np.ndarray  # (K, 2) albedo texture
     tex_phases: np.ndarray  # (K,)
     base_color: np.ndarray  # (3,)
+    kind: str = "bagel"  # "bagel", "ring", "dome" or "box"
+    dims: tuple[float, ...] = ()  # ring: inner, outer, height, tan(wall angle); dome: radius, height; box: see _box
 
 
 @dataclass(frozen=True)
@@ -185,26 +214,30 @@ class _Scene:
     defect: _Defect | None
 
 
-def camera_intrinsics(image_size: int) -> CameraIntrinsics:
-    """Intrinsics of the synthetic camera for a square image.
+def camera_intrinsics(image_size: int | tuple[int, int]) -> CameraIntrinsics:
+    """Intrinsics of the synthetic camera.
 
-    The field of view covers 0.11 m at the 0.55 m working distance whatever the resolution, so the scene is the same at
-    every ``image_size``; only the sampling changes.
+    The shorter image side covers 0.11 m at the 0.55 m working distance whatever the resolution, so the object is fully
+    in view at every ``image_size``; only the sampling changes (a wider image sees more of the background plane).
 
     Args:
-        image_size: Image width and height in pixels.
+        image_size: Width and height of a square image in pixels, or ``(height, width)``.
 
     Returns:
         The camera intrinsics.
+
+    Raises:
+        ValueError: If ``image_size`` is not an integer or a pair of integers of at least 32.
     """
-    focal = image_size * _WORKING_DISTANCE / _FIELD_OF_VIEW
+    height, width = _check_image_size(image_size)
+    focal = min(height, width) * _WORKING_DISTANCE / _FIELD_OF_VIEW
     return CameraIntrinsics(
         fx=focal,
         fy=focal,
-        cx=image_size / 2 - 0.2,
-        cy=image_size / 2 + 0.15,
-        width=image_size,
-        height=image_size,
+        cx=width / 2 - 0.2,
+        cy=height / 2 + 0.15,
+        width=width,
+        height=height,
     )
 
 
@@ -213,8 +246,60 @@ def camera_intrinsics(image_size: int) -> CameraIntrinsics:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _undulation(shape: _Shape, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Sum of the shape's surface waves (without the amplitude)."""
+    waves = np.zeros(np.broadcast_shapes(np.shape(px), np.shape(py)), dtype=np.result_type(px, py))
+    for (kx, ky), phase in zip(shape.wave_vectors, shape.wave_phases, strict=True):
+        waves += np.sin(px * kx + py * ky + phase)
+    return waves
+
+
+def _ring_coordinate(shape: _Shape, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Ring shapes: radial distance, corrected for the ring's slight ellipticity (exactly radial slope 1)."""
+    inner, outer = shape.dims[0], shape.dims[1]
+    rho2 = px * px + py * py
+    cos_2phi = (px * px - py * py) / (rho2 + np.float32(1e-12))
+    return np.sqrt(rho2) - np.float32((shape.ellipticity - 1.0) * (inner + outer) / 2) * cos_2phi
+
+
+def _box(shape: _Shape) -> tuple[float, float, float, float, float, float]:
+    """Box: width, length, thickness, cos and sin of the tilt, and the x offset of the footprint centre.
+
+    In the tilt frame (``x = px + offset``) the box rests on its lower long edge at ``x = 0`` and the opposite long edge
+    is lifted; seen from above the top face spans ``-T sin < x < W cos - T sin`` and the steep end face (at 90° minus
+    the tilt) spans ``W cos - T sin < x < W cos``, where it ends in a vertical drop to the plane.
+    """
+    width, length, thickness, tilt = shape.dims
+    cos_t, sin_t = math.cos(tilt), math.sin(tilt)
+    return width, length, thickness, cos_t, sin_t, (width * cos_t - thickness * sin_t) / 2
+
+
 def _base_height(shape: _Shape, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """Height of the defect-free object above the plane (zero outside its footprint)."""
+    if shape.kind == "ring":
+        inner, outer, height, tan_wall = shape.dims
+        run = height / tan_wall  # horizontal extent of a wall
+        q = _ring_coordinate(shape, px, py)
+        rise = np.minimum(q - np.float32(inner - run / 2), np.float32(outer + run / 2) - q) * np.float32(tan_wall)
+        profile = np.clip(rise, 0.0, np.float32(height))
+        return profile * (1.0 + np.float32(shape.wave_amplitude) * _undulation(shape, px, py))
+    if shape.kind == "dome":
+        radius, height = shape.dims
+        sphere = (radius * radius + height * height) / (2 * height)
+        rho2 = (px / np.float32(shape.ellipticity)) ** 2 + (py * np.float32(shape.ellipticity)) ** 2
+        cap = np.clip(
+            np.sqrt(np.clip(np.float32(sphere * sphere) - rho2, 0.0, None)) - np.float32(sphere - height), 0, None
+        )
+        return cap * (1.0 + np.float32(shape.wave_amplitude) * _undulation(shape, px, py))
+    if shape.kind == "box":
+        width, length, thickness, cos_t, sin_t, offset = _box(shape)
+        x = px + np.float32(offset)
+        top_face = np.float32(thickness * cos_t) + (x + np.float32(thickness * sin_t)) * np.float32(sin_t / cos_t)
+        end_face = np.float32(width * sin_t + thickness * cos_t) - (
+            x - np.float32(width * cos_t - thickness * sin_t)
+        ) * np.float32(cos_t / sin_t)
+        inside = (x > -thickness * sin_t) & (x < width * cos_t) & (np.abs(py) < length / 2)
+        return np.where(inside, np.minimum(top_face, end_face), np.float32(0.0))
     rho = np.sqrt((px / shape.ellipticity) ** 2 + (py * shape.ellipticity) ** 2)
     t = (rho - _RING_RADIUS) / _TUBE_RADIUS
     profile = np.sqrt(np.clip(1.0 - t * t, 0.0, None))
@@ -301,9 +386,34 @@ def _defect_region(defect: _Defect | None, px: np.ndarray, py: np.ndarray) -> np
     return r < (1.0 if defect.kind == "hole" else 0.85)
 
 
+def _nominal_height(shape: _Shape) -> float:
+    """Height of the defect-free object without surface waves (object-local, unscaled)."""
+    if shape.kind == "ring":
+        return shape.dims[2]
+    if shape.kind == "dome":
+        return shape.dims[1]
+    if shape.kind == "box":
+        width, _, thickness, cos_t, sin_t, _ = _box(shape)
+        return width * sin_t + thickness * cos_t
+    return shape.height_factor * _TUBE_RADIUS
+
+
+def _footprint_radius(shape: _Shape) -> float:
+    """Radius around the object centre outside which the defect-free object has zero height (unscaled)."""
+    if shape.kind == "ring":
+        inner, outer, height, tan_wall = shape.dims
+        return outer + height / tan_wall / 2 + (shape.ellipticity - 1.0) * (inner + outer) / 2
+    if shape.kind == "dome":
+        return shape.dims[0] * shape.ellipticity
+    if shape.kind == "box":
+        width, length, thickness, cos_t, sin_t, _ = _box(shape)
+        return math.hypot((width * cos_t + thickness * sin_t) / 2, length / 2)
+    return (_RING_RADIUS + _TUBE_RADIUS) * shape.ellipticity
+
+
 def _max_height(shape: _Shape, defect: _Defect | None) -> float:
     """Upper bound of the object height in world units (metres, scaled)."""
-    top = shape.height_factor * _TUBE_RADIUS * (1.0 + shape.wave_amplitude * len(shape.wave_phases))
+    top = _nominal_height(shape) * (1.0 + shape.wave_amplitude * len(shape.wave_phases))
     if defect is not None and defect.kind == "bump":
         top += defect.depth
     return shape.scale * top + 1e-3
@@ -325,11 +435,47 @@ def _random_waves(rng: np.random.Generator, count: int, wavelengths: tuple[float
     return np.stack([np.cos(directions), np.sin(directions)], axis=1) * (2 * np.pi / lengths)[:, None]
 
 
-def _sample_defect(rng: np.random.Generator, kind: str, shape: _Shape) -> _Defect:
-    """Draw a defect on the top of the ring (where the camera sees the surface well)."""
+def _defect_site(rng: np.random.Generator, shape: _Shape) -> tuple[tuple[float, float], float]:
+    """Defect centre (object-local) and a reference direction for shapes other than the bagel.
+
+    Ring: on the flat top, or (35 %, walls of at most 60°) half-way up the outer wall. Dome: anywhere within 70 % of
+    the base radius. Box: on the top face, or (25 %) on its lifted edge, so that the defect also covers the steep face.
+    """
     phi = rng.uniform(0.0, 2 * np.pi)
-    rho = _RING_RADIUS + rng.uniform(-0.3, 0.3) * _TUBE_RADIUS
-    center = (rho * math.cos(phi) * shape.ellipticity, rho * math.sin(phi) / shape.ellipticity)
+    if shape.kind == "ring":
+        inner, outer, height, tan_wall = shape.dims
+        if tan_wall < 2.0 and rng.random() < 0.35:
+            q = outer
+        else:
+            run = height / tan_wall
+            top_in, top_out = inner + run / 2, outer - run / 2
+            q = (top_in + top_out) / 2 + rng.uniform(-0.2, 0.2) * (top_out - top_in)
+        rho = q + (shape.ellipticity - 1.0) * (inner + outer) / 2 * math.cos(2 * phi)
+        return (rho * math.cos(phi), rho * math.sin(phi)), phi
+    if shape.kind == "dome":
+        rho = 0.7 * shape.dims[0] * math.sqrt(rng.random())
+        return (rho * math.cos(phi), rho * math.sin(phi)), phi
+    if shape.kind == "box":
+        width, length, thickness, cos_t, sin_t, offset = _box(shape)
+        lifted_edge = rng.random() < 0.25
+        x = (
+            width * cos_t - thickness * sin_t
+            if lifted_edge
+            else -thickness * sin_t + rng.uniform(0.3, 0.7) * width * cos_t
+        )
+        return (x - offset, rng.uniform(-0.3, 0.3) * length), phi
+    msg = f"Unknown shape kind {shape.kind!r}."
+    raise ValueError(msg)
+
+
+def _sample_defect(rng: np.random.Generator, kind: str, shape: _Shape) -> _Defect:
+    """Draw a defect on the object's visible surface (bagel: the top of the ring, where the camera sees it well)."""
+    if shape.kind == "bagel":
+        phi = rng.uniform(0.0, 2 * np.pi)
+        rho = _RING_RADIUS + rng.uniform(-0.3, 0.3) * _TUBE_RADIUS
+        center = (rho * math.cos(phi) * shape.ellipticity, rho * math.sin(phi) / shape.ellipticity)
+    else:
+        center, phi = _defect_site(rng, shape)
     if kind in ("dent", "bump"):
         depth = rng.uniform(2.5e-3, 4.0e-3)
         return _Defect(kind, center, radius=rng.uniform(5.0e-3, 7.5e-3), depth=-depth if kind == "dent" else depth)
@@ -358,7 +504,45 @@ def _sample_defect(rng: np.random.Generator, kind: str, shape: _Shape) -> _Defec
     raise ValueError(msg)
 
 
-def _sample_scene(rng: np.random.Generator, defect: str | None) -> _Scene:
+def _sample_shape(rng: np.random.Generator, shape: str) -> _Shape:
+    """Draw the pose, size, shape variation and appearance of an object other than the bagel."""
+    kind = "ring" if shape.startswith("ring") else shape
+    center = (rng.uniform(-5e-3, 5e-3), rng.uniform(-5e-3, 5e-3))
+    angle = rng.uniform(0.0, 2 * np.pi)
+    scale = rng.uniform(0.93, 1.07)
+    if kind == "ring":
+        ellipticity = rng.uniform(1.0, 1.04)
+        dims: tuple[float, ...] = (
+            _RING_INNER * rng.uniform(0.97, 1.03),
+            _RING_OUTER * rng.uniform(0.98, 1.02),
+            _RING_HEIGHT * rng.uniform(0.95, 1.05),
+            math.tan(math.radians(float(shape[4:]))),
+        )
+    elif kind == "dome":
+        ellipticity = rng.uniform(1.0, 1.05)
+        dims = (_DOME_RADIUS * rng.uniform(0.97, 1.03), _DOME_HEIGHT * rng.uniform(0.95, 1.05))
+    else:
+        ellipticity = 1.0
+        width, length, thickness = (size * rng.uniform(0.97, 1.03) for size in _BOX_SIZE)
+        dims = (width, length, thickness, math.radians(rng.uniform(*_BOX_TILT)))
+    return _Shape(
+        center=center,
+        angle=angle,
+        scale=scale,
+        ellipticity=ellipticity,
+        height_factor=1.0,
+        wave_vectors=_random_waves(rng, 3, (0.012, 0.025)).astype(np.float32),
+        wave_phases=rng.uniform(0.0, 2 * np.pi, size=3).astype(np.float32),
+        wave_amplitude=0.0 if kind == "box" else rng.uniform(0.004, 0.008),
+        tex_vectors=_random_waves(rng, 4, (0.004, 0.015)),
+        tex_phases=rng.uniform(0.0, 2 * np.pi, size=4),
+        base_color=np.array(_BASE_COLORS[kind]) * rng.uniform(0.92, 1.08) * rng.uniform(0.96, 1.04, size=3),
+        kind=kind,
+        dims=dims,
+    )
+
+
+def _sample_scene(rng: np.random.Generator, defect: str | None, shape: str = "bagel") -> _Scene:
     """Draw the plane, the object's pose, shape and appearance, and the defect."""
     tilt = math.radians(rng.uniform(2.0, 4.0))
     azimuth = math.radians(rng.uniform(10.0, 50.0))
@@ -367,18 +551,22 @@ def _sample_scene(rng: np.random.Generator, defect: str | None) -> _Scene:
     basis_u = _unit(np.array([1.0, 0.0, 0.0]) - normal[0] * normal)
     basis_v = np.cross(normal, basis_u)
 
-    shape = _Shape(
-        center=(rng.uniform(-5e-3, 5e-3), rng.uniform(-5e-3, 5e-3)),
-        angle=rng.uniform(0.0, 2 * np.pi),
-        scale=rng.uniform(0.93, 1.07),
-        ellipticity=rng.uniform(1.0, 1.08),
-        height_factor=rng.uniform(1.35, 1.45),
-        wave_vectors=_random_waves(rng, 3, (0.012, 0.025)).astype(np.float32),
-        wave_phases=rng.uniform(0.0, 2 * np.pi, size=3).astype(np.float32),
-        wave_amplitude=rng.uniform(0.006, 0.012),
-        tex_vectors=_random_waves(rng, 4, (0.004, 0.015)),
-        tex_phases=rng.uniform(0.0, 2 * np.pi, size=4),
-        base_color=np.array([0.72, 0.50, 0.28]) * rng.uniform(0.92, 1.08) * rng.uniform(0.96, 1.04, size=3),
+    obj = (
+        _sample_shape(rng, shape)
+        if shape != "bagel"
+        else _Shape(
+            center=(rng.uniform(-5e-3, 5e-3), rng.uniform(-5e-3, 5e-3)),
+            angle=rng.uniform(0.0, 2 * np.pi),
+            scale=rng.uniform(0.93, 1.07),
+            ellipticity=rng.uniform(1.0, 1.08),
+            height_factor=rng.uniform(1.35, 1.45),
+            wave_vectors=_random_waves(rng, 3, (0.012, 0.025)).astype(np.float32),
+            wave_phases=rng.uniform(0.0, 2 * np.pi, size=3).astype(np.float32),
+            wave_amplitude=rng.uniform(0.006, 0.012),
+            tex_vectors=_random_waves(rng, 4, (0.004, 0.015)),
+            tex_phases=rng.uniform(0.0, 2 * np.pi, size=4),
+            base_color=np.array([0.72, 0.50, 0.28]) * rng.uniform(0.92, 1.08) * rng.uniform(0.96, 1.04, size=3),
+        )
     )
     plane_tex = np.concatenate([_random_waves(rng, 3, (0.01, 0.04)), rng.uniform(0, 2 * np.pi, (3, 1))], axis=1)
     # The defect has its own stream, so that the rest of the scene is distributed exactly like a good sample.
@@ -390,8 +578,8 @@ def _sample_scene(rng: np.random.Generator, defect: str | None) -> _Scene:
         basis_v=basis_v,
         plane_albedo=rng.uniform(0.14, 0.2),
         plane_tex=plane_tex,
-        shape=shape,
-        defect=None if defect is None else _sample_defect(defect_rng, defect, shape),
+        shape=obj,
+        defect=None if defect is None else _sample_defect(defect_rng, defect, obj),
     )
 
 
@@ -444,30 +632,75 @@ def _dropout_probability(cosine: np.ndarray) -> np.ndarray:
 
 
 def render_sample(
-    image_size: int = 224,
+    image_size: int | tuple[int, int] = 224,
     defect: str | None = None,
     seed: int | Sequence[int] = 0,
+    shape: str = "bagel",
 ) -> RenderedSample:
     """Render one sample in memory.
 
     Args:
-        image_size: Width and height of the square image in pixels (at least 32).
+        image_size: Width and height of a square image in pixels, or ``(height, width)`` (each at least 32).
         defect: ``None`` for a good sample, else one of :data:`DEFECT_TYPES`.
         seed: Seed (or seed sequence) of this sample's random stream.
+        shape: Object shape, one of :data:`SHAPES`.
 
     Returns:
         The RGB image, organized point cloud and ground-truth mask.
 
     Raises:
-        ValueError: If ``image_size`` is too small or ``defect`` is unknown.
+        ValueError: If ``image_size`` is too small, or ``defect`` or ``shape`` is unknown.
     """
-    _check_image_size(image_size)
+    camera = camera_intrinsics(image_size)
     if defect is not None and defect not in DEFECT_TYPES:
         msg = f"defect={defect!r} is not a known defect type; use None or one of {', '.join(DEFECT_TYPES)}."
         raise ValueError(msg)
+    _check_shape(shape)
     rng = np.random.default_rng(seed)
-    scene = _sample_scene(rng, defect)
-    return _render(scene, camera_intrinsics(image_size), rng)
+    scene = _sample_scene(rng, defect, shape)
+    return _render(scene, camera, rng)
+
+
+def _catch_edge_clips(
+    gap: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    levels: np.ndarray,
+    gaps: np.ndarray,
+    first: np.ndarray,
+    bracket: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """Find hits that fall between two march samples that are both above the surface (updates ``bracket`` in place).
+
+    A ray that clips a sharp edge (it enters the top face just before the edge and leaves through the steep or vertical
+    face below it) is inside the object only between two samples, and would otherwise see the plane far below. Such
+    an interval is suspect when the ray at its lower end is less than half a step above the surface height under its
+    upper end; suspect intervals above the bracketed hit are sampled again, finely, and the first hit found wins.
+
+    Args:
+        gap: ``gap(w, rays)``, the ray height above the surface at ray heights ``w`` (one column per ray).
+        levels: ``(S + 1,)`` march heights, from the top of the slab down to the plane.
+        gaps: ``(S + 1, C)`` gaps at the march heights.
+        first: ``(C,)`` index of the first level at or below the surface.
+        bracket: ``(w_hi, g_hi, w_lo, g_lo)`` of the bracketed hits, ``(C,)`` each.
+    """
+    w_hi, g_hi, w_lo, g_lo = bracket
+    step = levels[0] - levels[1]
+    surface = levels[:, None] - gaps
+    suspect = (gaps[:-1] > 0) & (gaps[1:] > 0) & (surface[:-1] + 0.5 * step > levels[1:, None])
+    suspect &= np.arange(levels.size - 1)[:, None] < (first - 1)[None]
+    k, rays = np.nonzero(suspect)  # ordered by interval, so the first pair of a ray is its highest interval
+    if not rays.size:
+        return
+    fine = levels[k][None] - (np.arange(1, _CLIP_STEPS + 1, dtype=np.float32) / _CLIP_STEPS)[:, None] * step
+    fine_gaps = gap(fine, rays)
+    below = fine_gaps <= 0
+    hit = np.flatnonzero(below.any(0))
+    if not hit.size:
+        return
+    hit = hit[np.unique(rays[hit], return_index=True)[1]]  # the highest interval with a hit, per ray
+    ray, j = rays[hit], below[:, hit].argmax(0)
+    w_hi[ray] = np.where(j > 0, fine[j - 1, hit], levels[k[hit]])
+    g_hi[ray] = np.where(j > 0, fine_gaps[j - 1, hit], gaps[k[hit], ray])
+    w_lo[ray], g_lo[ray] = fine[j, hit], fine_gaps[j, hit]
 
 
 def _render(scene: _Scene, camera: CameraIntrinsics, rng: np.random.Generator) -> RenderedSample:
@@ -493,7 +726,7 @@ def _render(scene: _Scene, camera: CameraIntrinsics, rng: np.random.Generator) -
     u0, v0 = depth * u_dot_d - u_p0, depth * v_dot_d - v_p0
     u1, v1 = z_top * u_dot_d - u_p0, z_top * v_dot_d - v_p0
     mid_u, mid_v = (u0 + u1) / 2 - shape.center[0], (v0 + v1) / 2 - shape.center[1]
-    reach = shape.scale * ((_RING_RADIUS + _TUBE_RADIUS) * shape.ellipticity + 1e-3) + np.hypot(u1 - u0, v1 - v0) / 2
+    reach = shape.scale * (_footprint_radius(shape) + 1e-3) + np.hypot(u1 - u0, v1 - v0) / 2
     cand = np.flatnonzero(np.hypot(mid_u, mid_v) < reach)
     # Along candidate ray c, plane coordinates are affine in the height: (u, v) = (a_u + b_u w, a_v + b_v w).
     inv_nd = 1.0 / n_dot_d[cand]
@@ -502,21 +735,30 @@ def _render(scene: _Scene, camera: CameraIntrinsics, rng: np.random.Generator) -
     a_u = (n_p0 * u_dot_d[cand] * inv_nd - u_p0).astype(np.float32)
     a_v = (n_p0 * v_dot_d[cand] * inv_nd - v_p0).astype(np.float32)
 
-    def gap(w: np.ndarray) -> np.ndarray:
-        """Height of the ray above the surface at ray height ``w`` (negative below the surface)."""
-        return w - frame.height(a_u + b_u * w, a_v + b_v * w)
+    def gap(w: np.ndarray, rays: np.ndarray | None = None) -> np.ndarray:
+        """Height of the ray above the surface at ray height ``w`` (negative below the surface).
+
+        ``rays`` selects candidate rays (``w`` then has one column per selected ray); ``None`` means all of them.
+        """
+        if rays is None:
+            return w - frame.height(a_u + b_u * w, a_v + b_v * w)
+        return w - frame.height(a_u[rays] + b_u[rays] * w, a_v[rays] + b_v[rays] * w)
 
     # March from the top of the slab down to the plane; the first sample below the surface brackets the hit (the
     # plane itself, w = 0, is never above the surface). Rays are close to the plane normal, so a few samples suffice;
-    # the bracket is then refined by regula falsi (Illinois variant).
-    w_steps = (w_max * (1.0 - np.arange(_MARCH_STEPS + 1) / _MARCH_STEPS)).astype(np.float32)[:, None]
+    # the bracket is then refined by regula falsi (Illinois variant). Shapes with sharp edges get more of both.
+    sharp = shape.kind != "bagel"
+    march_steps = _MARCH_STEPS_SHARP if sharp else _MARCH_STEPS
+    w_steps = (w_max * (1.0 - np.arange(march_steps + 1) / march_steps)).astype(np.float32)[:, None]
     gaps = gap(w_steps)
     first = (gaps <= 0).argmax(0)
     cols = np.arange(cand.size)
     w_hi, g_hi = w_steps[first - 1, 0], gaps[first - 1, cols]
     w_lo, g_lo = w_steps[first, 0], gaps[first, cols]
+    if sharp:
+        _catch_edge_clips(gap, w_steps[:, 0], gaps, first, (w_hi, g_hi, w_lo, g_lo))
     side = np.zeros(cand.size, dtype=np.int8)
-    for _ in range(_REFINE_STEPS):
+    for _ in range(_REFINE_STEPS_SHARP if sharp else _REFINE_STEPS):
         w_new = w_lo - g_lo * (w_hi - w_lo) / (g_hi - g_lo)
         g_new = gap(w_new)
         is_below = g_new <= 0
@@ -527,6 +769,10 @@ def _render(scene: _Scene, camera: CameraIntrinsics, rng: np.random.Generator) -
         w_hi, g_hi = np.where(is_below, w_hi, w_new), np.where(is_below, g_hi, g_new)
         side = np.where(is_below, -1, 1).astype(np.int8)
     w_c = (w_lo - g_lo * (w_hi - w_lo) / (g_hi - g_lo)).astype(np.float64)
+    # A ray that meets a height jump (a vertical face, seen edge-on) converges to the jump without a root: no return.
+    seen = np.ones(n_pix, dtype=bool)
+    if sharp:
+        seen[cand] = np.abs(gap(w_c.astype(np.float32))) <= _RESIDUAL_TOL
     depth[cand] = (w_c + n_p0) * inv_nd
     w_hit[cand] = w_c
 
@@ -553,7 +799,8 @@ def _render(scene: _Scene, camera: CameraIntrinsics, rng: np.random.Generator) -
     hit_pts = points[cand]
     proj_w = float(normal @ (_PROJECTOR - p0))
     t_top = (w_max - w_c) / (proj_w - w_c)  # fraction of the way to the projector where the path leaves the slab
-    fractions = ((np.arange(1, _SHADOW_STEPS + 1) / _SHADOW_STEPS)[:, None] * t_top[None]).astype(np.float32)
+    shadow_steps = _SHADOW_STEPS_SHARP if sharp else _SHADOW_STEPS
+    fractions = ((np.arange(1, shadow_steps + 1) / shadow_steps)[:, None] * t_top[None]).astype(np.float32)
     rel = (hit_pts - p0).astype(np.float32)
     step = (_PROJECTOR - hit_pts).astype(np.float32)
     path_u = (rel @ scene.basis_u.astype(np.float32))[None] + fractions * (step @ scene.basis_u.astype(np.float32))
@@ -565,7 +812,9 @@ def _render(scene: _Scene, camera: CameraIntrinsics, rng: np.random.Generator) -
     noisy = points * ((ranges + rng.normal(0.0, _NOISE_STD, n_pix)) / ranges)[:, None]
     drop_p = np.maximum(_dropout_probability(cos_cam), _dropout_probability(cos_proj))
     valid = lit & (rng.random(n_pix) >= drop_p) & (rng.random(n_pix) >= 1e-3)
-    blob_scale = max(size_w / 224, 0.35)
+    if sharp:
+        valid &= seen
+    blob_scale = max(min(size_h, size_w) / 224, 0.35)
     for _ in range(rng.poisson(3)):
         ci, cj = rng.uniform(0, size_h), rng.uniform(0, size_w)
         radius = rng.uniform(0.8, 2.2) * blob_scale
@@ -614,8 +863,12 @@ def _shade(
     obj = cand[on_object[cand]]
     ox, oy = local_x[obj], local_y[obj]
     texture = np.sin(ox[:, None] * shape.tex_vectors[:, 0] + oy[:, None] * shape.tex_vectors[:, 1] + shape.tex_phases)
-    top = np.clip(w_hit[obj] / (shape.scale * shape.height_factor * _TUBE_RADIUS), 0.0, 1.0)
-    obj_albedo = shape.base_color[None] * ((1.0 + 0.05 * texture.sum(1)) * (1.0 - 0.3 * top**2))[:, None]
+    if shape.kind == "bagel":
+        top = np.clip(w_hit[obj] / (shape.scale * shape.height_factor * _TUBE_RADIUS), 0.0, 1.0)
+        obj_albedo = shape.base_color[None] * ((1.0 + 0.05 * texture.sum(1)) * (1.0 - 0.3 * top**2))[:, None]
+    else:
+        top = np.clip(w_hit[obj] / (shape.scale * _nominal_height(shape)), 0.0, 1.0)
+        obj_albedo = shape.base_color[None] * ((1.0 + 0.04 * texture.sum(1)) * (1.0 - 0.12 * top))[:, None]
     if defect is not None:
         region = _defect_region(defect, ox, oy)
         disp = _displacement(defect, ox, oy)
@@ -668,9 +921,26 @@ def sample_seed(seed: int, split: str, label: str, index: int) -> list[int]:
     return [int(seed), _SPLIT_CODES[split], code, int(index)]
 
 
-def _check_image_size(image_size: int) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < MIN_IMAGE_SIZE:
-        msg = f"image_size={image_size!r} is invalid; pass an integer of at least {MIN_IMAGE_SIZE} (e.g. 224)."
+def _is_size(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= MIN_IMAGE_SIZE
+
+
+def _check_image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """Validate ``image_size`` and return it as ``(height, width)``."""
+    if _is_size(image_size):
+        return int(image_size), int(image_size)  # type: ignore[arg-type]
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(_is_size(v) for v in image_size):
+        return int(image_size[0]), int(image_size[1])
+    msg = (
+        f"image_size={image_size!r} is invalid; pass an integer of at least {MIN_IMAGE_SIZE} (e.g. 224) or a "
+        f"(height, width) pair of such integers (e.g. (240, 320))."
+    )
+    raise ValueError(msg)
+
+
+def _check_shape(shape: str) -> None:
+    if shape not in SHAPES:
+        msg = f"shape={shape!r} is unknown; use one of {', '.join(SHAPES)}."
         raise ValueError(msg)
 
 
@@ -720,6 +990,7 @@ def generate_category(
     defects: Sequence[str] = ("dent", "bump", "crack", "hole", "color"),
     seed: int = 0,
     overwrite: bool = False,
+    shape: str = "bagel",
 ) -> Path:
     """Generate one category in the MVTec 3D-AD layout.
 
@@ -736,20 +1007,24 @@ def generate_category(
         n_validation: Number of good samples in ``validation/good``.
         n_test_good: Number of good test samples.
         n_test_per_defect: Number of test samples per defect type.
-        image_size: Width and height of the square images in pixels (at least 32).
+        image_size: Width and height of square images in pixels, or ``(height, width)`` (each at least 32). The
+            shorter side always covers the same 0.11 m of the scene.
         defects: Defect types to generate, a subset of :data:`DEFECT_TYPES` (or a comma-separated string).
         seed: Base seed; the same seed and arguments give identical files.
         overwrite: Replace an existing non-empty ``<root>/<category>`` directory.
+        shape: Object shape, one of :data:`SHAPES` (see the module docstring). All samples of a category show the
+            same kind of object in varied poses.
 
     Returns:
         The category directory ``<root>/<category>``.
 
     Raises:
-        ValueError: On an unknown defect type, ``image_size`` below 32, a negative count, an invalid category name, or
-            an existing non-empty category directory without ``overwrite=True``.
+        ValueError: On an unknown defect type or shape, ``image_size`` below 32, a negative count, an invalid category
+            name, or an existing non-empty category directory without ``overwrite=True``.
     """
     _check_category(category)
     _check_image_size(image_size)
+    _check_shape(shape)
     for name, value in (
         ("n_train", n_train),
         ("n_validation", n_validation),
@@ -787,15 +1062,15 @@ def generate_category(
                 (directory / sub).mkdir(parents=True)
             for index in range(count):
                 rng = np.random.default_rng(sample_seed(seed, split, label, index))
-                scene = _sample_scene(rng, None if label == "good" else label)
+                scene = _sample_scene(rng, None if label == "good" else label, shape)
                 _write_sample(_render(scene, camera, rng), directory, index, with_mask=split == "test")
 
         (staging / "calibration").mkdir()
         (staging / "calibration" / "camera_parameters.json").write_text(json.dumps(camera.to_dict(), indent=2) + "\n")
-        info = {
+        info: dict[str, object] = {
             "generator": "anomalib_btm.data.synthetic",
             "seed": int(seed),
-            "image_size": int(image_size),
+            "image_size": int(image_size) if _is_size(image_size) else [camera.height, camera.width],
             "n_train": int(n_train),
             "n_validation": int(n_validation),
             "n_test_good": int(n_test_good),
@@ -803,6 +1078,11 @@ def generate_category(
             "defects": list(defect_names),
             "units": "metres",
         }
+        # Written only when they are not implied (keeps the default category byte-identical to earlier versions).
+        if not _is_size(image_size):
+            info["image_height"], info["image_width"] = camera.height, camera.width
+        if shape != "bagel":
+            info["shape"] = shape
         (staging / "synthetic_info.json").write_text(json.dumps(info, indent=2) + "\n")
         os.chmod(staging, 0o755)  # mkdtemp creates the directory private to the user
 
@@ -836,7 +1116,15 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-validation", type=int, default=4, help="good validation samples (default: %(default)s)")
     parser.add_argument("--n-test-good", type=int, default=8, help="good test samples (default: %(default)s)")
     parser.add_argument("--n-test-defect", type=int, default=4, help="test samples per defect (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=224, help="square image size in px (default: %(default)s)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=[224],
+        metavar=("SIZE", "WIDTH"),
+        help="square image size in px, or HEIGHT WIDTH (default: 224)",
+    )
+    parser.add_argument("--shape", default="bagel", choices=SHAPES, help="object shape (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
         "--defects",
@@ -858,6 +1146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if len(args.image_size) > 2:
+        parser.error("--image-size takes one value (square) or two (HEIGHT WIDTH)")
+    image_size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
     try:
         path = generate_category(
             args.root,
@@ -866,10 +1157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_validation=args.n_validation,
             n_test_good=args.n_test_good,
             n_test_per_defect=args.n_test_defect,
-            image_size=args.image_size,
+            image_size=image_size,
             defects=args.defects,
             seed=args.seed,
             overwrite=args.overwrite,
+            shape=args.shape,
         )
     except ValueError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
