@@ -7,8 +7,10 @@ Both branches end on the same patch grid (28 × 28 for a 224 × 224 input) so th
 concatenated per patch into one memory-bank vector.
 
 * :class:`RGBBranch` — a frozen timm ``features_only`` backbone (``wide_resnet50_2`` layer2 + layer3 by
-  default), a 3 × 3 mean with stride 1 and **padding 1** on each map (BTM; BTF had no padding), every map
-  brought to the grid of the first layer with adaptive average pooling (BTF's resize), concatenated.
+  default), a 3 × 3 mean with stride 1 and **padding 1** on each map (BTM; BTF had no padding; zero padding
+  counted in the mean, as in a 1/9 mean convolution and PatchCore's ``AvgPool2d(3, 1, 1)``), every map brought to
+  the grid of the first layer — by adaptive average pooling (BTF's resize, the default) or by bilinear
+  interpolation (PatchCore's, ``feature_upsampling="bilinear"``) — and concatenated.
 * :class:`XYZBranch` — the organized point cloud brought to the image size with **nearest**
   interpolation (bilinear would mix valid points with the zero background and invent points), FPFH per
   valid point (zeros elsewhere), the same 3 × 3 mean, then average-pooled down to the patch grid.
@@ -32,6 +34,26 @@ from anomalib_btm.features.fpfh_torch import check_torch_options
 logger = logging.getLogger(__name__)
 
 FPFH_BACKENDS: tuple[str, ...] = ("open3d", "torch")
+#: How deeper RGB feature maps reach the patch grid: BTF's adaptive average pooling (14 → 28 replicates each value
+#: into a 2 × 2 block; BTM's faithful default) or PatchCore's bilinear interpolation (``align_corners=False``).
+FEATURE_UPSAMPLING: tuple[str, ...] = ("adaptive_avg_pool", "bilinear")
+
+
+def check_feature_upsampling(feature_upsampling: str) -> None:
+    """Refuse an unknown ``feature_upsampling`` with a message that names the argument and its values.
+
+    Args:
+        feature_upsampling (str): The requested mode.
+
+    Raises:
+        ValueError: If it is not one of :data:`FEATURE_UPSAMPLING`.
+    """
+    if feature_upsampling not in FEATURE_UPSAMPLING:
+        msg = (
+            f"feature_upsampling must be one of {FEATURE_UPSAMPLING}, got {feature_upsampling!r}: "
+            "'adaptive_avg_pool' is BTF's resize (the paper's setting), 'bilinear' is PatchCore's."
+        )
+        raise ValueError(msg)
 
 
 def resize_features(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -56,6 +78,25 @@ def resize_features(features: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     if out_h % in_h == 0 and out_w % in_w == 0:
         return features.repeat_interleave(out_h // in_h, dim=-2).repeat_interleave(out_w // in_w, dim=-1)
     return F.adaptive_avg_pool2d(features, (out_h, out_w))
+
+
+def to_patch_grid(features: torch.Tensor, size: tuple[int, int], feature_upsampling: str) -> torch.Tensor:
+    """Bring a feature map to the patch grid.
+
+    Args:
+        features (torch.Tensor): ``(B, C, H, W)`` maps.
+        size (tuple[int, int]): Patch grid ``(h, w)``.
+        feature_upsampling (str): ``"adaptive_avg_pool"`` (:func:`resize_features`, what ``AdaptiveAvgPool2d`` does)
+            or ``"bilinear"`` (``F.interpolate(..., mode="bilinear", align_corners=False)``, as anomalib's PatchCore).
+
+    Returns:
+        torch.Tensor: ``(B, C, h, w)`` maps; maps already on the grid are returned unchanged.
+    """
+    if tuple(features.shape[-2:]) == tuple(size):
+        return features
+    if feature_upsampling == "bilinear":
+        return F.interpolate(features, size=tuple(size), mode="bilinear", align_corners=False)
+    return resize_features(features, size)
 
 
 def resize_xyz(xyz: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -162,6 +203,11 @@ class RGBBranch(nn.Module):
             path of a local weights file (see :func:`load_backbone_weights`).
         patch_padding (bool): 3 × 3 mean with padding 1 (BTM, keeps patches aligned with the image) or without
             padding (BTF: 28 → 26, then adaptive average pooling back to 28).
+        feature_upsampling (str): How maps reach the grid of the first layer: ``"adaptive_avg_pool"`` (BTF's resize,
+            the paper's setting) or ``"bilinear"`` (PatchCore's). See :data:`FEATURE_UPSAMPLING`.
+
+    Raises:
+        ValueError: On an empty ``layers``, a layer the backbone lacks, or an unknown ``feature_upsampling``.
     """
 
     def __init__(
@@ -170,8 +216,10 @@ class RGBBranch(nn.Module):
         layers: Sequence[str] = ("layer2", "layer3"),
         pre_trained: bool | str = True,
         patch_padding: bool = True,
+        feature_upsampling: str = "adaptive_avg_pool",
     ) -> None:
         super().__init__()
+        check_feature_upsampling(feature_upsampling)
         layers = list(layers)
         if not layers:
             msg = "layers must name at least one backbone layer, e.g. ('layer2', 'layer3')."
@@ -191,6 +239,7 @@ class RGBBranch(nn.Module):
         for parameter in self.extractor.parameters():
             parameter.requires_grad_(False)
         self.layers = layers
+        self.feature_upsampling = feature_upsampling
         self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1 if patch_padding else 0)
         self.out_dim = int(sum(self.extractor.out_dims))
 
@@ -217,7 +266,9 @@ class RGBBranch(nn.Module):
         with torch.no_grad():
             features = self.extractor(image)
         grid = tuple(features[self.layers[0]].shape[-2:])
-        return torch.cat([resize_features(self.pooler(features[layer]), grid) for layer in self.layers], dim=1)
+        return torch.cat(
+            [to_patch_grid(self.pooler(features[layer]), grid, self.feature_upsampling) for layer in self.layers], dim=1
+        )
 
 
 class XYZBranch(nn.Module):

@@ -90,6 +90,10 @@ class BTM(MemoryBankMixin, AnomalibModule):
         store_dtype (str): ``"float32"`` or ``"float16"`` for the training features held until the coreset.
         preset (str): ``"btm"`` (default) or ``"btf"``: BTF's own choices on the same code (no padding in the
             3 × 3 mean, reweighted image score, 1-NN map blurred through 8-bit PIL), so BTF vs BTM is one flag.
+        feature_upsampling (str): How the deeper RGB feature map (layer3, 14 × 14) reaches the patch grid (layer2,
+            28 × 28): ``"adaptive_avg_pool"`` (default; BTF's resize, which replicates each value into a 2 × 2 block —
+            the setting that reproduces the paper) or ``"bilinear"`` (anomalib PatchCore's interpolation, the drop-in
+            for PatchCore). Saved with the checkpoint and computed by exported models.
         pre_processor (PreProcessor | bool): Pre-processor, or ``True`` for the default (resize to 224, ImageNet
             normalisation).
         post_processor (PostProcessor | bool): Post-processor, or ``True`` for the default.
@@ -118,6 +122,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
         coreset_chunk_size: int | None = None,
         store_dtype: str = "float32",
         preset: str = "btm",
+        feature_upsampling: str = "adaptive_avg_pool",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -148,6 +153,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
             blur_sigma=blur_sigma,
             preset=preset,
             store_dtype=store_dtype,
+            feature_upsampling=feature_upsampling,
         )
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.max_bank_size = max_bank_size

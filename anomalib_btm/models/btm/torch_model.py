@@ -24,7 +24,7 @@ from anomalib.models.components import DynamicBufferMixin
 from torch import nn
 
 from .anomaly_map import AnomalyMapGenerator
-from .feature_branches import RGBBranch, XYZBranch
+from .feature_branches import RGBBranch, XYZBranch, check_feature_upsampling
 from .memory_bank import EmbeddingStore, select_memory_bank
 from .scoring import DualKScorer
 
@@ -131,6 +131,9 @@ class BTMModel(DynamicBufferMixin, nn.Module):
             ``blur_sigma``.
         store_dtype (str): dtype of the training-feature store, ``"float32"`` or ``"float16"`` (half the memory;
             the coreset and the bank stay float32).
+        feature_upsampling (str): How the deeper RGB feature maps reach the patch grid: ``"adaptive_avg_pool"``
+            (BTF's resize, 14 → 28 replicates values; the paper's setting) or ``"bilinear"`` (PatchCore's
+            ``F.interpolate(mode="bilinear", align_corners=False)``). ``preset="btf"`` keeps BTF's pooling.
 
     Example:
         >>> model = BTMModel(pre_trained=False, modality="rgb")
@@ -157,16 +160,29 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         preset: str = "btm",
         store_dtype: str = "float32",
         fpfh_options: dict[str, Any] | None = None,
+        feature_upsampling: str = "adaptive_avg_pool",
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:
             msg = f"modality must be one of {MODALITIES}, got {modality!r}."
             raise ValueError(msg)
+        check_feature_upsampling(feature_upsampling)
         scoring = _resolve_preset(preset, image_score=image_score, k_pixel=k_pixel, pixel_metric=pixel_metric)
         btf = preset == "btf"
+        if btf and feature_upsampling != "adaptive_avg_pool":
+            msg = (
+                f"preset='btf' resizes feature maps with adaptive average pooling (BTF's); drop "
+                f"feature_upsampling={feature_upsampling!r} or use preset='btm' to set it freely."
+            )
+            raise ValueError(msg)
         self.modality = modality
         self.preset = preset
-        self.rgb_branch = RGBBranch(backbone, layers, pre_trained, patch_padding=not btf) if modality != "xyz" else None
+        self.feature_upsampling = feature_upsampling
+        self.rgb_branch = (
+            RGBBranch(backbone, layers, pre_trained, patch_padding=not btf, feature_upsampling=feature_upsampling)
+            if modality != "xyz"
+            else None
+        )
         self.xyz_branch = (
             XYZBranch(fpfh_backend, voxel_size, patch_padding=not btf, fpfh_options=fpfh_options)
             if modality != "rgb"

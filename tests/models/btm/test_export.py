@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from anomalib.data import MVTec3D
 from anomalib.deploy import OpenVINOInferencer
 from anomalib.deploy.export import CompressionType
@@ -183,3 +184,92 @@ def test_rgb_only_ir_runs_in_anomalibs_stock_inferencer(
     assert abs(float(result.pred_score[0]) - float(expected.pred_score[0])) <= 1e-3
     assert float(np.abs(_like(result.anomaly_map, expected.anomaly_map)).max()) <= 1e-3
     assert bool(result.pred_label[0]) == bool(expected.pred_label[0])
+
+
+@pytest.fixture(scope="module")
+def bilinear_rgb(small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An RGB-only BTM with PatchCore's bilinear upsampling, fitted through the Engine and exported from its checkpoint.
+
+    The export starts from a default-built BTM and the checkpoint (what ``anomalib export --ckpt_path`` does): the
+    option can only reach the IR through the checkpoint's hyperparameters.
+    """
+    from anomalib.deploy.export import ExportType
+    from anomalib.engine import Engine
+
+    torch.manual_seed(0)
+    np.random.seed(0)  # the coreset's first pick comes from NumPy's global generator, as in anomalib
+    work = tmp_path_factory.mktemp("bilinear")
+    datamodule = small_datamodule(small_root)
+    model = BTM(
+        backbone="resnet18",
+        pre_trained=False,
+        modality="rgb",
+        feature_upsampling="bilinear",
+        pre_processor=BTM.configure_pre_processor((96, 96)),
+    )
+    engine = Engine(default_root_dir=work, logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    checkpoint = work / "model.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    default = BTM(backbone="resnet18", pre_trained=False, modality="rgb")
+    xml = engine.export(default, ExportType.OPENVINO, export_root=work, ckpt_path=checkpoint)
+    return {"model": model.eval(), "checkpoint": checkpoint, "xml": xml, "root": small_root}
+
+
+@pytest.mark.slow
+def test_bilinear_option_survives_the_checkpoint(bilinear_rgb: dict) -> None:
+    loaded = BTM.load_from_checkpoint(bilinear_rgb["checkpoint"]).eval()
+    assert loaded.hparams["feature_upsampling"] == "bilinear"
+    assert loaded.model.rgb_branch is not None
+    assert loaded.model.rgb_branch.feature_upsampling == "bilinear"
+    batch = next(iter(_datamodule(bilinear_rgb["root"]).test_dataloader()))
+    with torch.no_grad():
+        before, after = bilinear_rgb["model"](batch.image), loaded(batch.image)
+    torch.testing.assert_close(after.pred_score, before.pred_score, rtol=0, atol=0)
+    torch.testing.assert_close(after.anomaly_map, before.anomaly_map, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_bilinear_ir_matches_the_torch_model_in_btm_inferencer(bilinear_rgb: dict) -> None:
+    model = BTM.load_from_checkpoint(bilinear_rgb["checkpoint"]).eval()
+    # The same weights and memory bank with BTF's pooling: what an IR that ignored the option would compute.
+    pooled = BTM.load_from_checkpoint(bilinear_rgb["checkpoint"], feature_upsampling="adaptive_avg_pool").eval()
+    inferencer = BTMInferencer(bilinear_rgb["xml"])
+    assert inferencer.input_names == ["input"]
+    score_error, map_error, option_effect = 0.0, 0.0, 0.0
+    for batch in _datamodule(bilinear_rgb["root"]).test_dataloader():
+        with torch.no_grad():
+            expected, other = model(batch.image), pooled(batch.image)
+        result = inferencer.predict(batch.image)
+        score_error = max(score_error, float(np.abs(_like(result.pred_score, expected.pred_score)).max()))
+        map_error = max(map_error, float(np.abs(_like(result.anomaly_map, expected.anomaly_map)).max()))
+        option_effect = max(option_effect, float(np.abs(_like(result.pred_score, other.pred_score)).max()))
+        assert (_as(result.pred_label, expected.pred_label) == expected.pred_label.numpy()).all()
+    # As for the RGB-only IR above: float32 CNN arithmetic of OpenVINO vs PyTorch moves normalised scores by ~1e-4.
+    assert score_error <= 1e-3, score_error
+    assert map_error <= 1e-3, map_error
+    assert option_effect > 2e-2, option_effect  # an IR that ignored the option would fail the tolerances
+
+
+def test_exported_bilinear_resize_is_torchs_exactly(tmp_path: Path) -> None:
+    import openvino as ov
+
+    from anomalib_btm.models.btm.feature_branches import to_patch_grid
+
+    class _ToGrid(torch.nn.Module):
+        def forward(self, layer2: torch.Tensor, layer3: torch.Tensor) -> torch.Tensor:
+            return to_patch_grid(layer3, layer2.shape[-2:], "bilinear")
+
+    dims = {2: torch.export.Dim("h", min=2), 3: torch.export.Dim("w", min=2)}
+    path = tmp_path / "resize.onnx"
+    example = (torch.rand(1, 1, 28, 28), torch.rand(1, 4, 14, 14))
+    torch.onnx.export(_ToGrid(), example, str(path), dynamo=True, dynamic_shapes=(dims, {}), verbose=False)
+    compiled = ov.Core().compile_model(str(path), "CPU", F32_CONFIG)
+    layer3 = torch.randn(1, 4, 14, 14)
+    for grid in ((28, 28), (20, 36)):
+        layer2 = torch.zeros(1, 1, *grid)
+        actual = next(iter(compiled([layer2.numpy(), layer3.numpy()]).values()))
+        expected = F.interpolate(layer3, size=grid, mode="bilinear", align_corners=False)
+        np.testing.assert_allclose(actual, expected.numpy(), rtol=0, atol=1e-5)  # float32 rounding of coordinates
+        corners = F.interpolate(layer3, size=grid, mode="bilinear", align_corners=True)
+        assert np.abs(actual - corners.numpy()).max() > 0.1  # the other pixel-centre convention is far off

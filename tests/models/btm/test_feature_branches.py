@@ -112,3 +112,40 @@ def test_btf_patch_pooling_has_no_padding_then_adaptive_pooling() -> None:
         [F.adaptive_avg_pool2d(F.avg_pool2d(feats[layer], 3, 1, 0), (28, 28)) for layer in ("layer2", "layer3")], 1
     )
     torch.testing.assert_close(branch(image), expected)
+
+
+def test_bilinear_feature_upsampling_is_patchcores_embedding() -> None:
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    branch = RGBBranch("resnet18", ("layer2", "layer3"), pre_trained=False, feature_upsampling="bilinear")
+    patchcore = PatchcoreModel(layers=["layer2", "layer3"], backbone="resnet18", pre_trained=False).eval()
+    patchcore.feature_extractor.load_state_dict(branch.extractor.state_dict())
+    image = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        features = patchcore.feature_extractor(image)
+        expected = patchcore.generate_embedding({k: patchcore.feature_pooler(v) for k, v in features.items()})
+    torch.testing.assert_close(branch(image), expected, rtol=0, atol=0)
+    # The default replicates each layer3 value into a 2 × 2 block instead (BTF's adaptive average pooling).
+    default = RGBBranch("resnet18", ("layer2", "layer3"), pre_trained=False)
+    default.load_state_dict(branch.state_dict())
+    layer3 = default(image)[:, 128:]
+    torch.testing.assert_close(layer3[..., ::2, ::2], layer3[..., 1::2, 1::2], rtol=0, atol=0)
+    assert not torch.allclose(layer3, expected[:, 128:], atol=1e-3)
+    torch.testing.assert_close(default(image)[:, :128], expected[:, :128], rtol=0, atol=0)  # layer2 is untouched
+
+
+def test_patch_mean_counts_the_zero_padding_at_the_borders_like_patchcore() -> None:
+    # BTM's 3 × 3 mean is a 1/9 mean convolution with zero padding (the paper's "mean convolution kernel ... padding
+    # = 1"), i.e. AvgPool2d(3, 1, 1) with count_include_pad=True — PatchCore's feature_pooler, value for value.
+    branch = RGBBranch("resnet18", ("layer2",), pre_trained=False)
+    ones = torch.ones(1, 1, 5, 5)
+    pooled = branch.pooler(ones)[0, 0]
+    assert pooled[0, 0] == pytest.approx(4 / 9)
+    assert pooled[0, 2] == pytest.approx(6 / 9)
+    assert pooled[2, 2] == pytest.approx(1.0)
+    torch.testing.assert_close(pooled, torch.nn.AvgPool2d(3, 1, 1)(ones)[0, 0], rtol=0, atol=0)
+
+
+def test_unknown_feature_upsampling_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"feature_upsampling must be one of \('adaptive_avg_pool', 'bilinear'\)"):
+        RGBBranch("resnet18", ("layer2", "layer3"), pre_trained=False, feature_upsampling="nearest")

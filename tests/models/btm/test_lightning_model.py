@@ -116,3 +116,18 @@ def test_bad_constructor_arguments() -> None:
         BTM(pre_trained=False, modality="xyz", coreset_sampling_ratio=0.0)
     with pytest.raises(ValueError, match="modality"):
         BTM(pre_trained=False, modality="depth")
+    with pytest.raises(ValueError, match=r"feature_upsampling must be one of .*got 'bicubic'"):
+        BTM(backbone="resnet18", pre_trained=False, modality="rgb", feature_upsampling="bicubic")
+
+
+def test_patchcore_drop_in_config_sets_bilinear_upsampling() -> None:
+    import yaml
+    from anomalib.models import get_model
+
+    configs = Path(__file__).resolve().parents[3] / "configs"
+    for name, expected in (("btm_rgb_patchcore.yaml", "bilinear"), ("btm_rgb.yaml", "adaptive_avg_pool")):
+        config = yaml.safe_load((configs / name).read_text())["model"]
+        config["init_args"] |= {"pre_trained": False, "backbone": "resnet18"}
+        model = get_model(config)
+        assert model.hparams["feature_upsampling"] == expected
+        assert model.model.rgb_branch.feature_upsampling == expected

@@ -63,3 +63,14 @@ def test_wrong_xyz_shape_is_a_clear_error() -> None:
     model = BTMModel(pre_trained=False, modality="xyz")
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(torch.randn(1, 3, 64, 64), torch.randn(1, 64, 64, 3))
+
+
+def test_feature_upsampling_reaches_the_rgb_branch_and_is_validated() -> None:
+    default = BTMModel(backbone="resnet18", pre_trained=False, modality="rgb")
+    assert default.rgb_branch.feature_upsampling == "adaptive_avg_pool"
+    model = BTMModel(backbone="resnet18", pre_trained=False, modality="rgb", feature_upsampling="bilinear")
+    assert model.rgb_branch.feature_upsampling == "bilinear"
+    with pytest.raises(ValueError, match="feature_upsampling must be one of"):
+        BTMModel(pre_trained=False, modality="xyz", feature_upsampling="Bilinear")
+    with pytest.raises(ValueError, match=r"preset='btf'.*feature_upsampling='bilinear'"):
+        BTMModel(pre_trained=False, modality="xyz", preset="btf", feature_upsampling="bilinear")
