@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from anomalib_btm.data.synthetic import (
         DEFECT_TYPES,
         GEOMETRIC_DEFECTS,
+        SHAPES,
         generate_category,
         render_sample,
         sample_seed,
@@ -40,6 +41,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "anomalib_btm.data.synthetic": (
         "DEFECT_TYPES",
         "GEOMETRIC_DEFECTS",
+        "SHAPES",
         "generate_category",
         "render_sample",
         "sample_seed",
@@ -66,6 +68,7 @@ _WHERE: dict[str, str] = {name: module for module, names in _MODULES.items() for
 __all__ = [
     "DEFECT_TYPES",
     "GEOMETRIC_DEFECTS",
+    "SHAPES",
     "check_metric_units",
     "convert_depth_dir",
     "depth_to_xyz",

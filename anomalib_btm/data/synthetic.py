@@ -3,8 +3,9 @@
 
 """Synthetic RGB + organized point cloud data in the MVTec 3D-AD layout.
 
-The generator renders a bagel-like object lying on a slightly tilted background plane, seen from above by a pinhole
-camera about 0.55 m away, the way a structured-light sensor (camera plus an offset projector) would capture it:
+The generator renders an object (by default bagel-like) lying on a slightly tilted background plane, seen from above
+by a pinhole camera about 0.55 m away, the way a structured-light sensor (camera plus an offset projector) would
+capture it:
 
 * ``xyz/NNN.tiff``: H×W×3 float32 organized point cloud in metres, pixel-aligned with the RGB image. Invalid points are
   exactly ``(0, 0, 0)``: steep flanks whose normal is nearly perpendicular to the camera ray or to the projector ray,
@@ -21,13 +22,32 @@ gentle surface undulation), plane distance and tilt, colour and texture. Defects
 * ``hole``: a deep steep-walled pit (radius 4.5–6.5 mm, 8–11 mm deep) whose walls drop out of the cloud, dark in RGB.
 * ``color``: a stain that changes only the RGB image; the geometry is drawn exactly like a good sample.
 
+Shapes (``shape=``, :data:`SHAPES`), all height fields over the plane, with the same pose, size and colour variation:
+
+* ``bagel`` (default): a torus-like ring, 74 mm across and about 18 mm high, with rounded flanks.
+* ``ring45``, ``ring60``, ``ring80``: a flat-topped annulus 12 mm high whose straight inner and outer walls rise at 45,
+  60 or 80 degrees (wall radii 15 and 33 mm at mid-height, ellipticity up to 4 % without changing the wall slope).
+  The 45° and 60° walls stay in the cloud; an 80° wall mostly drops out (about 18 % of the inner and 1 % of the
+  outer wall points remain), as its normal is nearly perpendicular to the rays.
+* ``dome``: a spherical cap, 70 mm across and 20 mm high, about 60 degrees steep at its rim.
+* ``box``: a 35 × 50 × 15 mm box resting on one long edge, the other lifted by 20–30 degrees: a tilted top face, a
+  steep (60–70 degrees) face below the lifted edge, and vertical drops (silhouettes, no points) to the plane.
+
+Defects land on the visible surface: the top of the bagel or ring (and, for the 45° and 60° rings, sometimes half-way up
+the outer wall), anywhere on the dome's upper part, and on the box's top face or across its lifted edge.
+
 Everything is vectorised with numpy (ray marching of the height field for all pixels at once); the default category
-(52 samples at 224 px) takes about 2 s of CPU time. Every sample has its own random stream derived from
-``(seed, split, label, index)`` (see :func:`sample_seed`), so a sample does not depend on how many others are generated,
-and a ``color`` sample has exactly the point cloud of the good sample with the same seed.
+(52 samples at 224 px) takes about 2 s of CPU time. Images are square (``image_size=224``) or ``(height, width)``
+(``image_size=(240, 320)``); the shorter side always covers 0.11 m of the background plane. Every sample has its own
+random stream derived from ``(seed, split, label, index)`` (see :func:`sample_seed`), so a sample does not depend on
+how many others are generated, and a ``color`` sample has exactly the point cloud of the good sample with the same
+seed (and shape).
 
 ``calibration/camera_parameters.json`` holds the pinhole intrinsics ``fx``, ``fy``, ``cx``, ``cy`` (pixels) and
 ``image_width``, ``image_height``: ``x = fx * X / Z + cx``, ``y = fy * Y / Z + cy`` for a point ``(X, Y, Z)`` in metres.
+``synthetic_info.json`` records the generator's arguments; ``shape`` and ``image_height`` / ``image_width`` appear only
+for a shape other than ``bagel`` or a ``(height, width)`` size (``image_size`` is then ``[height, width]``), so the
+default category is byte-identical to that of earlier versions.
 
 Example:
     >>> from anomalib_btm.data import generate_category
@@ -36,6 +56,7 @@ Example:
 Command line::
 
     python -m anomalib_btm.data.synthetic ./datasets/synthetic3d --category bagel_synth --image-size 224
+    python -m anomalib_btm.data.synthetic ./datasets/synthetic3d --category ring60 --shape ring60 --image-size 240 320
 """
 
 from __future__ import annotations
