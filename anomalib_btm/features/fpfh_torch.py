@@ -1,10 +1,19 @@
 # Copyright (C) 2026 anomalib_btm authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""FPFH of organized point clouds in pure torch (batched, CPU/CUDA, traceable and exportable).
+"""FPFH of organized point clouds in torch (batched, CPU/CUDA; the pixel-window graph traces and exports).
 
 The computation follows Open3D's definitions (``EstimateNormals`` + ``ComputeFPFHFeature``, reference document
-§4) with one structural difference: neighbours are searched in a fixed pixel window of the organized grid instead
+§4). ``search`` chooses the neighbourhoods:
+
+* ``"knn"`` (default): Open3D's own, the ``max_nn`` nearest valid points in 3D within the radius
+  (:mod:`anomalib_btm.features.fpfh_knn`: an exact voxel-grid search in fused Numba kernels for CPU input, a
+  brute-force torch search on CUDA and for float64). Not a fixed-shape graph: exports and ``torch.compile`` use the
+  pixel window below instead (the exported model documents it).
+* ``"window"``: the nearest valid points inside a fixed pixel window of the organized grid — the fixed-shape graph
+  described in the rest of this docstring, which traces, compiles and exports.
+
+With ``search="window"`` neighbours are searched in a fixed pixel window of the organized grid instead
 of a KD-tree. For every pixel the candidates are the valid points of a ``window × window`` patch around it; among
 those within the search radius the ``max_nn`` nearest (the point itself included, as Open3D counts it) are kept.
 Every tensor has a fixed shape and every selection is a mask, so the code traces, compiles and exports (ONNX via
@@ -35,7 +44,7 @@ Differences to Open3D (measured in ``benchmarks/fpfh.py``):
   missing regions a KD-tree reaches further than the window (``window=13`` or ``15`` follows further).
 * Normal signs: Open3D does not orient normals; the sign is whatever its closed-form 3×3 eigen solver
   (``FastEigen3x3``, after Eberly's robust symmetric eigen solver) yields, which depends on the frame (not
-  rotation invariant). ``normal_orientation="camera"`` (default) orients normals toward the camera at the
+  rotation invariant). ``normal_orientation="camera"`` orients normals toward the camera at the
   origin: well defined and invariant to moving the object in front of the camera. ``"open3d"`` reproduces the
   solver step by step and with it Open3D's signs (up to float32 rounding in near-degenerate neighbourhoods).
 * Neighbour selection: ``selection="fast"`` (default) estimates the k-th nearest squared distance from the local
@@ -60,6 +69,7 @@ from torch import nn
 
 __all__ = [
     "NORMAL_ORIENTATIONS",
+    "SEARCHES",
     "SELECTIONS",
     "TORCH_OPTIONS",
     "FPFHTorch",
@@ -74,7 +84,11 @@ NORMAL_ORIENTATIONS = ("camera", "open3d")
 SELECTIONS = ("fast", "exact")
 """Accepted values of ``selection``."""
 
+SEARCHES = ("knn", "window")
+"""Accepted values of ``search``: true k-nearest neighbours (Open3D's) or the pixel window (exportable graph)."""
+
 TORCH_OPTIONS = (
+    "search",
     "window",
     "normal_window",
     "max_nn",
@@ -667,13 +681,29 @@ def _fpfh_stage(
 
 
 def _check_options(
-    window: int, normal_window: int, max_nn: int, normal_max_nn: int, orientation: str, selection: str
+    window: int,
+    normal_window: int,
+    max_nn: int,
+    normal_max_nn: int,
+    orientation: str,
+    selection: str,
+    search: str = "knn",
 ) -> None:
     """Validate the options of :func:`fpfh_torch`.
 
     Raises:
-        ValueError: On even or non-positive windows, non-positive neighbourhood sizes or unknown names.
+        ValueError: On even or non-positive windows, non-positive neighbourhood sizes, a normal neighbourhood
+            larger than the FPFH one with ``search="knn"``, or unknown names.
     """
+    if search not in SEARCHES:
+        msg = f"Unknown search {search!r}; choose one of {SEARCHES}."
+        raise ValueError(msg)
+    if search == "knn" and normal_max_nn > max_nn:
+        msg = (
+            f"`normal_max_nn` ({normal_max_nn}) must not exceed `max_nn` ({max_nn}) with search='knn' (the normal "
+            "neighbourhood is taken from the FPFH one); use search='window' for other combinations."
+        )
+        raise ValueError(msg)
     for name, value in (("window", window), ("normal_window", normal_window)):
         if value < 1 or value % 2 == 0:
             msg = f"`{name}` must be a positive odd number of pixels, got {value}."
@@ -718,6 +748,7 @@ def check_torch_options(options: dict[str, object]) -> None:
         numbers["normal_max_nn"],
         str(options.get("normal_orientation", parameters["normal_orientation"].default)),
         str(options.get("selection", parameters["selection"].default)),
+        str(options.get("search", parameters["search"].default)),
     )
 
 
@@ -744,31 +775,36 @@ def fpfh_torch(
     xyz: torch.Tensor,
     voxel_size: float = 0.05,
     *,
+    search: Literal["knn", "window"] = "knn",
     window: int = 11,
     normal_window: int = 7,
     max_nn: int = 100,
     normal_max_nn: int = 30,
-    normal_orientation: Literal["camera", "open3d"] = "camera",
+    normal_orientation: Literal["camera", "open3d"] = "open3d",
     selection: Literal["fast", "exact"] = "fast",
     passes: int = 3,
     compile: bool = False,
     batch_chunk: int | None = None,
     cpu_kernel: bool = True,
 ) -> torch.Tensor:
-    """FPFH of organized clouds: Open3D's definition with pixel-window neighbourhoods, in torch.
+    """FPFH of organized clouds: Open3D's definition, with its k-nearest neighbourhoods or pixel windows.
 
     Args:
         xyz: Organized clouds ``(B, 3, H, W)``, metres, missing points exactly ``(0, 0, 0)``; not validated here
             (use :func:`anomalib_btm.features.compute_fpfh`). Computed in float32, or float64 for float64 input.
         voxel_size: Radius scale: normals within ``2 * voxel_size``, FPFH within ``5 * voxel_size`` (BTF: 0.05).
+        search: ``"knn"``: Open3D's neighbourhoods, the ``max_nn`` nearest valid points within the radius (exact;
+            fused kernels on the CPU, brute force in torch on CUDA and for float64); while exporting or compiling
+            the graph uses the pixel window instead (``window``, ``normal_window``, ``selection``). ``"window"``:
+            the nearest valid points inside a pixel window (the exportable graph everywhere).
         window: Odd pixel window of the FPFH neighbour search. The 100 nearest points of a frontal surface lie
             within 5.7 pixels (a disc of 101 pixels, which 11×11 holds); larger windows follow steep slopes and
             depth edges further (13 or 15), at a cost that grows with ``window**2``.
         normal_window: Odd pixel window of the normal neighbour search (30 nearest: radius 3.1 pixels frontally).
         max_nn: FPFH neighbourhood size including the point itself (Open3D/BTF: 100).
         normal_max_nn: Normal neighbourhood size including the point itself (Open3D/BTF: 30).
-        normal_orientation: ``"camera"``: normals face the camera at the origin; ``"open3d"``: the sign of
-            Open3D's closed-form eigen solver, reproducing BTF's descriptors.
+        normal_orientation: ``"open3d"`` (default): the sign of Open3D's closed-form eigen solver, reproducing
+            BTF's descriptors (the paper's); ``"camera"``: normals face the camera at the origin.
         selection: ``"fast"``: about ``max_nn`` nearest from a spacing guess corrected by ``passes`` counting
             passes; ``"exact"``: the ``max_nn`` nearest (ties kept) by bisection, 24 counting passes.
         passes: Correction passes of the fast selection.
@@ -786,9 +822,12 @@ def fpfh_torch(
         neighbours, else the FPFH (each 11-bin group sums to 200).
 
     Raises:
-        ValueError: On invalid options.
+        ValueError: On invalid options, or ``compile=True`` with ``search="knn"``.
     """
-    _check_options(window, normal_window, max_nn, normal_max_nn, normal_orientation, selection)
+    _check_options(window, normal_window, max_nn, normal_max_nn, normal_orientation, selection, search)
+    if compile and search == "knn":
+        msg = "`compile=True` compiles the pixel-window graph: pass search='window' with it."
+        raise ValueError(msg)
     options: dict[str, Any] = {
         "window": window,
         "normal_window": normal_window,
@@ -801,12 +840,20 @@ def fpfh_torch(
     if batch_chunk is not None and 0 < batch_chunk < xyz.shape[0]:
         return torch.cat(
             [
-                fpfh_torch(chunk, voxel_size, **options, compile=compile, cpu_kernel=cpu_kernel)
+                fpfh_torch(chunk, voxel_size, search=search, **options, compile=compile, cpu_kernel=cpu_kernel)
                 for chunk in xyz.split(batch_chunk)
             ]
         )
     if xyz.dtype != torch.float64:
         xyz = xyz.float()
+    graph = compile or torch.compiler.is_exporting() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if search == "knn" and not graph:
+        from anomalib_btm.features.fpfh_knn import fpfh_knn_numba, fpfh_knn_torch
+
+        knn_options = {"max_nn": max_nn, "normal_max_nn": normal_max_nn, "normal_orientation": normal_orientation}
+        if cpu_kernel and _kernel_applies(xyz, compile):
+            return fpfh_knn_numba(xyz, voxel_size, **knn_options)
+        return fpfh_knn_torch(xyz, voxel_size, **knn_options)
     if cpu_kernel and _kernel_applies(xyz, compile):
         from anomalib_btm.features.fpfh_numba import fpfh_numba
 
@@ -935,11 +982,13 @@ class FPFHTorch(nn.Module):
 
     Args:
         voxel_size: Radius scale.
+        search: ``"knn"`` (Open3D's neighbourhoods eagerly; the pixel window while exporting or compiling) or
+            ``"window"``.
         window: Odd pixel window of the FPFH neighbour search.
         normal_window: Odd pixel window of the normal neighbour search.
         max_nn: FPFH neighbourhood size including the point itself.
         normal_max_nn: Normal neighbourhood size including the point itself.
-        normal_orientation: ``"camera"`` or ``"open3d"``.
+        normal_orientation: ``"open3d"`` or ``"camera"``.
         selection: ``"fast"`` or ``"exact"``.
         passes: Correction passes of the fast selection.
         cpu_kernel: Eager CPU calls use the fused kernels (see :func:`fpfh_torch`); exporting and compiling
@@ -954,18 +1003,20 @@ class FPFHTorch(nn.Module):
     def __init__(
         self,
         voxel_size: float = 0.05,
+        search: Literal["knn", "window"] = "knn",
         window: int = 11,
         normal_window: int = 7,
         max_nn: int = 100,
         normal_max_nn: int = 30,
-        normal_orientation: Literal["camera", "open3d"] = "camera",
+        normal_orientation: Literal["camera", "open3d"] = "open3d",
         selection: Literal["fast", "exact"] = "fast",
         passes: int = 3,
         cpu_kernel: bool = True,
     ) -> None:
         super().__init__()
-        _check_options(window, normal_window, max_nn, normal_max_nn, normal_orientation, selection)
+        _check_options(window, normal_window, max_nn, normal_max_nn, normal_orientation, selection, search)
         self.voxel_size = voxel_size
+        self.search = search
         self.window = window
         self.normal_window = normal_window
         self.max_nn = max_nn
@@ -980,6 +1031,7 @@ class FPFHTorch(nn.Module):
         return fpfh_torch(
             xyz,
             self.voxel_size,
+            search=self.search,  # type: ignore[arg-type]
             window=self.window,
             normal_window=self.normal_window,
             max_nn=self.max_nn,

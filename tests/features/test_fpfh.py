@@ -206,9 +206,13 @@ def relative_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().sum(0) / 600.0
 
 
+WINDOW = {"search": "window", "normal_orientation": "camera"}
+"""The pixel-window search with camera-facing normals (the exportable graph; the default before true k-NN)."""
+
+
 @pytest.fixture(scope="module")
 def torch_fpfh(cloud: torch.Tensor) -> torch.Tensor:
-    return compute_fpfh(cloud, backend="torch")
+    return compute_fpfh(cloud, backend="torch", **WINDOW)
 
 
 IMPLEMENTATIONS = pytest.mark.parametrize("cpu_kernel", [True, False], ids=["kernel", "graph"])
@@ -233,7 +237,13 @@ def test_torch_equals_open3d_with_open3d_settings() -> None:
     cloud = make_cloud(32, seed=4).double()[None]
     reference = compute_fpfh(cloud, backend="open3d")
     ours = compute_fpfh(
-        cloud, backend="torch", window=21, normal_window=13, selection="exact", normal_orientation="open3d"
+        cloud,
+        backend="torch",
+        search="window",
+        window=21,
+        normal_window=13,
+        selection="exact",
+        normal_orientation="open3d",
     )
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-3)
 
@@ -241,7 +251,7 @@ def test_torch_equals_open3d_with_open3d_settings() -> None:
 def test_torch_parity_with_open3d_defaults(
     cloud: torch.Tensor, open3d_fpfh: torch.Tensor, torch_fpfh: torch.Tensor
 ) -> None:
-    # Defaults: 11×11 window, fast selection, camera-facing normals, float32. Open3D's normals differ in sign
+    # Window search: 11×11 window, fast selection, camera-facing normals, float32. Open3D's normals differ in sign
     # for some points, which changes their histograms; the bulk of the descriptors agrees.
     valid = (cloud != 0).all(dim=1)[0]
     a, b = open3d_fpfh[0][:, valid], torch_fpfh[0][:, valid]
@@ -253,7 +263,7 @@ def test_torch_parity_with_open3d_defaults(
 
 def test_torch_parity_with_open3d_normal_signs(cloud: torch.Tensor, open3d_fpfh: torch.Tensor) -> None:
     valid = (cloud != 0).all(dim=1)[0]
-    ours = compute_fpfh(cloud, backend="torch", normal_orientation="open3d")
+    ours = compute_fpfh(cloud, backend="torch", search="window", normal_orientation="open3d")
     a, b = open3d_fpfh[0][:, valid], ours[0][:, valid]
     correlation = per_point_correlation(a, b)
     assert correlation.median() > 0.999
@@ -284,7 +294,7 @@ def test_torch_rigid_invariance(
     # still faces it after these motions): descriptors only move by float32 rounding at bin edges.
     moved = rigid_transform(cloud, angle, (1.0, 2.0, 3.0), shift)
     valid = (cloud != 0).all(dim=1)[0]
-    a, b = torch_fpfh[0][:, valid], compute_fpfh(moved, backend="torch")[0][:, valid]
+    a, b = torch_fpfh[0][:, valid], compute_fpfh(moved, backend="torch", **WINDOW)[0][:, valid]
     correlation = per_point_correlation(a, b)
     assert correlation.median() > 0.9999
     assert (correlation > 0.99).float().mean() > 0.99
@@ -298,6 +308,12 @@ def test_torch_invalid_options_raise() -> None:
         compute_fpfh(xyz, backend="torch", normal_orientation="up")
     with pytest.raises(ValueError, match="selection"):
         compute_fpfh(xyz, backend="torch", selection="sorted")
+    with pytest.raises(ValueError, match="search"):
+        compute_fpfh(xyz, backend="torch", search="kdtree")
+    with pytest.raises(ValueError, match="normal_max_nn"):
+        compute_fpfh(xyz, backend="torch", max_nn=20, normal_max_nn=30)
+    with pytest.raises(ValueError, match="search='window'"):
+        compute_fpfh(xyz, backend="torch", compile=True)
     with pytest.raises(ValueError, match="backend='torch'"):
         compute_fpfh(xyz, backend="open3d", window=11)
 
@@ -362,7 +378,7 @@ EDGE_CASES = [
 @pytest.mark.parametrize("name", EDGE_CASES)
 def test_torch_edge_cases(name: str, cpu_kernel: bool) -> None:
     xyz = _edge_case(name)
-    ours = compute_fpfh(xyz, backend="torch", cpu_kernel=cpu_kernel)
+    ours = compute_fpfh(xyz, backend="torch", cpu_kernel=cpu_kernel, normal_orientation="camera")
     reference = compute_fpfh(xyz, backend="open3d")
     assert torch.isfinite(ours).all()
     assert torch.equal(_zero_pattern(ours), _zero_pattern(reference))
@@ -385,7 +401,7 @@ def test_torch_edge_cases(name: str, cpu_kernel: bool) -> None:
         correlation = per_point_correlation(reference[0][:, has], same_signs[0][:, has])
         assert correlation.median() > 0.99
     if name == "tiny":  # FPFH is scale free while every neighbourhood is within the radius
-        unscaled = compute_fpfh(xyz * 1e4, backend="torch", cpu_kernel=cpu_kernel)
+        unscaled = compute_fpfh(xyz * 1e4, backend="torch", cpu_kernel=cpu_kernel, normal_orientation="camera")
         torch.testing.assert_close(ours, unscaled, rtol=0, atol=1e-2)
 
 
@@ -436,19 +452,19 @@ def _check_export(module: torch.nn.Module, size: int, tmp_path: Path) -> None:
 
 def test_export_openvino_small_window(tmp_path: Path) -> None:
     # The exported graph is the torch graph, compare it with the torch graph run eagerly.
-    _check_export(FPFHTorch(window=5, normal_window=3, cpu_kernel=False), 32, tmp_path)
+    _check_export(FPFHTorch(search="window", window=5, normal_window=3, cpu_kernel=False), 32, tmp_path)
 
 
 @pytest.mark.slow
 def test_export_openvino_defaults(tmp_path: Path) -> None:
-    _check_export(FPFHTorch(cpu_kernel=False), 64, tmp_path)
+    _check_export(FPFHTorch(search="window", cpu_kernel=False), 64, tmp_path)
 
 
 @pytest.mark.slow
 def test_compiled_matches_eager() -> None:
     clouds = torch.stack([make_cloud(48, seed=s) for s in (9, 10)])
-    eager = compute_fpfh(clouds, backend="torch", cpu_kernel=False)
-    compiled = compute_fpfh(clouds, backend="torch", compile=True)
+    eager = compute_fpfh(clouds, backend="torch", cpu_kernel=False, search="window")
+    compiled = compute_fpfh(clouds, backend="torch", compile=True, search="window")
     valid = (clouds != 0).all(dim=1)
     a, b = eager.permute(0, 2, 3, 1)[valid].T, compiled.permute(0, 2, 3, 1)[valid].T
     # Fused float32 arithmetic may move a pair feature across a bin edge; descriptors otherwise agree exactly.
@@ -473,7 +489,8 @@ def test_banded_eager_path_equals_the_whole_map_graph(height: int) -> None:
     from anomalib_btm.features.fpfh_torch import _fpfh_stages
 
     clouds = torch.stack([make_cloud(48, seed=s)[:, :height] for s in (3, 4)])
-    banded = compute_fpfh(clouds, backend="torch", cpu_kernel=False)  # eager graph: bands of 8 rows (45: partial)
+    # Eager graph: bands of 8 rows (45: partial).
+    banded = compute_fpfh(clouds, backend="torch", cpu_kernel=False, **WINDOW)
     options = {"window": 11, "normal_window": 7, "max_nn": 100, "normal_max_nn": 30, "normal_orientation": "camera"}
     whole = _fpfh_stages(clouds, 0.05, **options, selection="fast", passes=3, compile=False, band_rows=None)
     assert banded.abs().sum() > 0

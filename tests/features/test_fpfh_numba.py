@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib_btm authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Tests of the fused CPU kernels of the torch FPFH backend against the torch graph they replace."""
+"""Tests of the fused CPU kernels of the pixel-window search (``search="window"``) against the torch graph."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def _agreement(kernel: torch.Tensor, graph: torch.Tensor, xyz: torch.Tensor) -> 
 )
 def test_kernels_equal_the_torch_graph(options: dict) -> None:
     xyz = _clouds()
+    options = {"search": "window", "normal_orientation": "camera", **options}
     kernel = compute_fpfh(xyz, backend="torch", cpu_kernel=True, **options)
     graph = compute_fpfh(xyz, backend="torch", cpu_kernel=False, **options)
     assert kernel.shape == graph.shape
@@ -77,13 +78,13 @@ def test_kernels_are_the_default_for_float32_cpu_input(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(kernels, "fpfh_numba", spy)
     xyz = make_cloud(24, seed=3)[None]
-    compute_fpfh(xyz, backend="torch")
-    compute_fpfh(xyz.half(), backend="torch")  # computed in float32
+    compute_fpfh(xyz, backend="torch", search="window")
+    compute_fpfh(xyz.half(), backend="torch", search="window")  # computed in float32
     assert len(calls) == 2
     # The graph where it is needed: float64, autograd, explicitly off.
-    compute_fpfh(xyz.double(), backend="torch")
-    compute_fpfh(xyz.clone().requires_grad_(), backend="torch")
-    compute_fpfh(xyz, backend="torch", cpu_kernel=False)
+    compute_fpfh(xyz.double(), backend="torch", search="window")
+    compute_fpfh(xyz.clone().requires_grad_(), backend="torch", search="window")
+    compute_fpfh(xyz, backend="torch", cpu_kernel=False, search="window")
     assert len(calls) == 2
 
 

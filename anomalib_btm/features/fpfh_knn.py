@@ -1,0 +1,746 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""FPFH over true k-nearest neighbours (Open3D's neighbourhoods), fused CPU kernels and a torch twin.
+
+Open3D searches ``KDTreeSearchParamHybrid(radius, max_nn)``: the ``max_nn`` nearest valid points in 3D (the point
+itself included) within ``radius``. A fixed pixel window of the organized grid is not that neighbourhood on steep
+slopes, next to silhouettes and depth steps, or on clouds resized from non-square sensors. This module finds the
+real one:
+
+* :func:`knn_search` (CPU, Numba): a uniform voxel grid over the valid points (counting sort, points stored cell by
+  cell), queries processed cell by cell. A query scans the 3×3×3 block of cells around its own, keeps the ``k``
+  nearest candidates within the radius, and stops when the ``k``-th distance is no larger than the distance from
+  the query to the outside of the block (nothing outside can be nearer) or the block reaches past the radius; else
+  it grows the block by one cell in every direction and scans again. The result is exact (ties at the ``k``-th
+  distance are broken by storage order). The cell size follows the point spacing of the organized grid, so most
+  queries finish in the first block; it affects speed only, never the result.
+* :func:`fpfh_knn_numba`: normals (Open3D's ``EstimateNormals`` neighbourhood: the ``normal_max_nn`` nearest within
+  ``2 * voxel_size``, taken from the FPFH neighbour list when it contains them), SPFH and the ``1/d²``-weighted FPFH
+  sum over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads, with the pair-feature
+  arithmetic, eigen solver and histogram binning of :mod:`anomalib_btm.features.fpfh_numba`.
+* :func:`fpfh_knn_torch`: the same definition in torch with a chunked brute-force search (``cdist`` + ``topk``),
+  for CUDA tensors, float64 input and as an independent reference in the tests. Its shapes depend on the number of
+  valid points, so it does not export: exported graphs use the pixel window (see ``fpfh_torch``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit
+
+from anomalib_btm.features.fpfh_numba import (
+    _ANGLE_SCALE,
+    _F32,
+    _HUNDRED,
+    _JIT,
+    _NUM_BINS,
+    _ONE,
+    _PI,
+    _UNIT_SCALE,
+    _ZERO,
+    _atan2,
+    _bin,
+    _run_rows,
+    _safe_div,
+    _smallest_eigenvector,
+)
+
+__all__ = ["fpfh_knn_numba", "fpfh_knn_torch", "knn_search", "knn_search_torch"]
+
+_CELL_FACTOR = 0.5
+"""Grid cell edge relative to the estimated ``k``-th neighbour distance on a frontal surface (speed only)."""
+_MAX_CELLS_PER_POINT = 4
+"""Cap of the grid's cell count relative to the number of points (coarser cells beyond it)."""
+_GROWTH = 1.5
+"""Least growth of the search radius when a ball holds fewer than ``k`` points."""
+_MAX_STEP = 0.5
+"""The ball of a query reaches at most this fraction of the previous query's ``k``-th distance beyond it (queries
+far from the previous one, e.g. at the start of an image row, start smaller and grow)."""
+_SELECT_PASSES = 6
+"""Counting passes of the k-th distance selection before the remaining bracket is selected exactly."""
+_SELECT_SMALL = 12
+"""Bracket size (values) small enough to select exactly."""
+_SELECT_MARGIN = 2
+"""Counting passes aim this many values beyond the wanted rank, so that the next pass lands on the other side."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Exact k-nearest-neighbour search on a voxel grid
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _cell_of(value: float, origin: float, inv_cell: float, size: int) -> int:
+    """Grid coordinate of ``value`` clamped to ``[0, size - 1]``."""
+    index = math.floor((value - origin) * inv_cell)
+    return min(max(index, 0), size - 1)
+
+
+@njit(**_JIT)
+def _build_grid(
+    points: np.ndarray, origin: np.ndarray, cell: float, dims: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counting sort of ``points`` ``(N, 3)`` by grid cell (cells along z adjacent in memory).
+
+    Returns:
+        ``start`` ``(cells + 1,)`` (first sorted position of each cell), the sorted coordinates ``(3, N)`` and the
+        point index of each sorted position.
+    """
+    n = points.shape[0]
+    nx, ny, nz = dims[0], dims[1], dims[2]
+    inv = 1.0 / cell
+    keys = np.empty(n, np.int64)
+    start = np.zeros(nx * ny * nz + 1, np.int64)
+    for i in range(n):
+        ix = _cell_of(points[i, 0], origin[0], inv, nx)
+        iy = _cell_of(points[i, 1], origin[1], inv, ny)
+        iz = _cell_of(points[i, 2], origin[2], inv, nz)
+        key = (ix * ny + iy) * nz + iz
+        keys[i] = key
+        start[key + 1] += 1
+    for c in range(nx * ny * nz):
+        start[c + 1] += start[c]
+    fill = start[:-1].copy()
+    sorted_xyz = np.empty((3, n), points.dtype)
+    sorted_index = np.empty(n, np.int32)
+    for i in range(n):
+        s = fill[keys[i]]
+        fill[keys[i]] += 1
+        sorted_index[s] = i
+        for a in range(3):
+            sorted_xyz[a, s] = points[i, a]
+    return start, sorted_xyz, sorted_index
+
+
+@njit(**_JIT)
+def _kth_smallest(values: np.ndarray, count: int, k: int) -> float:
+    """The ``k``-th smallest (1-based) of ``values[:count]``, which are reordered (Hoare quickselect)."""
+    lo, hi, target = 0, count - 1, k - 1
+    while lo < hi:
+        a, b, c = values[lo], values[(lo + hi) // 2], values[hi]
+        pivot = max(min(a, b), min(max(a, b), c))  # median of three
+        i, j = lo, hi
+        while i <= j:
+            while values[i] < pivot:
+                i += 1
+            while values[j] > pivot:
+                j -= 1
+            if i <= j:
+                values[i], values[j] = values[j], values[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            break
+    return values[target]
+
+
+@njit(**_JIT)
+def _scan(
+    qx: float,
+    qy: float,
+    qz: float,
+    reach: float,
+    sorted_xyz: np.ndarray,
+    start: np.ndarray,
+    origin: np.ndarray,
+    cell: float,
+    dims: np.ndarray,
+    runs: np.ndarray,
+    squared: np.ndarray,
+) -> tuple[int, int, bool]:
+    """Squared distances of every point in the grid columns that meet the ball of radius ``reach``.
+
+    The points of a column of cells between the ball's lowest and highest z cell are contiguous in storage: each
+    column is one run ``runs[r] = (first, stop)`` and its distances are written to ``squared`` one after the other.
+    Every point within ``reach`` is among them (and some further away).
+
+    Returns:
+        The number of points scanned, the number of runs and whether the ball's bounding box covers the whole grid.
+    """
+    inv = 1.0 / cell
+    nx, ny, nz = dims[0], dims[1], dims[2]
+    x0, x1 = _cell_of(qx - reach, origin[0], inv, nx), _cell_of(qx + reach, origin[0], inv, nx)
+    y0, y1 = _cell_of(qy - reach, origin[1], inv, ny), _cell_of(qy + reach, origin[1], inv, ny)
+    z0, z1 = _cell_of(qz - reach, origin[2], inv, nz), _cell_of(qz + reach, origin[2], inv, nz)
+    whole = (
+        qx - reach <= origin[0]
+        and qx + reach >= origin[0] + nx * cell
+        and qy - reach <= origin[1]
+        and qy + reach >= origin[1] + ny * cell
+        and qz - reach <= origin[2]
+        and qz + reach >= origin[2] + nz * cell
+    )
+    reach2 = reach * reach
+    sx, sy, sz = sorted_xyz[0], sorted_xyz[1], sorted_xyz[2]
+    m = 0
+    count = 0
+    for ix in range(x0, x1 + 1):
+        low = origin[0] + ix * cell
+        gx = max(low - qx, qx - (low + cell), 0.0)
+        for iy in range(y0, y1 + 1):
+            low_y = origin[1] + iy * cell
+            gy = max(low_y - qy, qy - (low_y + cell), 0.0)
+            if gx * gx + gy * gy > reach2:  # the column misses the ball
+                continue
+            base = (ix * ny + iy) * nz
+            first, stop = start[base + z0], start[base + z1 + 1]
+            if stop == first:
+                continue
+            runs[count, 0], runs[count, 1] = first, stop
+            count += 1
+            for s in range(first, stop):
+                dx, dy, dz = sx[s] - qx, sy[s] - qy, sz[s] - qz
+                squared[m] = dx * dx + dy * dy + dz * dz
+                m += 1
+    return m, count, whole
+
+
+@njit(**_JIT)
+def _largest_at_most(values: np.ndarray, m: int, threshold: float) -> float:
+    """The largest of ``values[:m]`` that is at most ``threshold``."""
+    largest = -1.0
+    for i in range(m):
+        largest = max(largest, values[i] if values[i] <= threshold else -1.0)
+    return largest
+
+
+@njit(**_JIT)
+def _count_at_most(values: np.ndarray, m: int, threshold: float) -> int:
+    """How many of ``values[:m]`` are at most ``threshold`` (vectorised)."""
+    count = 0
+    for i in range(m):
+        count += 1 if values[i] <= threshold else 0
+    return count
+
+
+@njit(**_JIT)
+def _kth_distance(
+    values: np.ndarray, m: int, k: int, limit: float, guess: float, scratch: np.ndarray
+) -> tuple[float, int]:
+    """The ``take``-th smallest of ``values[:m]`` among those at most ``limit``, ``take = min(k, admissible)``.
+
+    Counting passes narrow a bracket ``(low, high]`` around it, starting from ``guess`` (the previous query's value);
+    the next threshold scales the last one by the wanted over the counted rank (the count of a surface grows
+    linearly with the squared distance), aiming a little past the rank to land on the other side. A pass that
+    counts exactly ``take`` values ends with their largest; else the few values left in the bracket are selected
+    exactly.
+
+    Returns:
+        The value (``0`` when nothing is admissible) and ``take``.
+    """
+    total = _count_at_most(values, m, limit)
+    take = min(k, total)
+    if take == 0:
+        return 0.0, 0
+    low, count_low = -1.0, 0
+    high, count_high = limit, total
+    threshold = guess if 0.0 < guess < limit else high
+    for _ in range(_SELECT_PASSES):
+        if count_high - count_low <= _SELECT_SMALL:
+            break
+        count = _count_at_most(values, m, threshold)
+        if count == take:
+            return _largest_at_most(values, m, threshold), take
+        if count > take:
+            high, count_high = threshold, count
+            target = take - _SELECT_MARGIN
+        else:
+            low, count_low = threshold, count
+            target = take + _SELECT_MARGIN
+        threshold = threshold * target / max(count, 1)
+        if not low < threshold < high:
+            threshold = 0.5 * (max(low, 0.0) + high)
+    size = 0
+    for i in range(m):
+        value = values[i]
+        if low < value <= high:
+            scratch[size] = value
+            size += 1
+    return _kth_smallest(scratch, size, take - count_low), take
+
+
+@njit(**_JIT)
+def _knn_rows(
+    first: int,
+    last: int,
+    points: np.ndarray,
+    sorted_xyz: np.ndarray,
+    sorted_index: np.ndarray,
+    start: np.ndarray,
+    origin: np.ndarray,
+    cell: float,
+    dims: np.ndarray,
+    k: int,
+    radius2: float,
+    normal_k: int,
+    normal_radius2: float,
+    camera: bool,
+    neighbours: np.ndarray,
+    distances: np.ndarray,
+    counts: np.ndarray,
+    normals: np.ndarray,
+) -> None:
+    """Exact ``k`` nearest within the radius of the points ``first:last``, and their normals.
+
+    A query scans the grid columns around a ball; the ``k`` nearest scanned points are the ``k`` nearest of the
+    cloud when the ``k``-th of them lies within the ball (everything nearer was scanned), when the ball reaches the
+    search radius or covers the grid; otherwise the ball grows and the query scans again. The ball's radius is the
+    previous query's ``k``-th distance plus the distance between the two queries (bounded): by the triangle
+    inequality it holds the previous query's ``k`` neighbours, so one scan suffices for neighbouring queries. Ties
+    at the ``k``-th distance are broken by storage order.
+
+    The normal of each point (Open3D's ``EstimateNormals``: the ``normal_k`` nearest within the normal radius, the
+    point itself included, at least 3 of them) comes from the same scan.
+    """
+    n = points.shape[0]
+    squared = np.empty(n, points.dtype)
+    scratch = np.empty(n, points.dtype)
+    runs = np.empty((dims[0] * dims[1], 2), np.int64)
+    sx, sy, sz = sorted_xyz[0], sorted_xyz[1], sorted_xyz[2]
+    previous = -1
+    previous_kth = previous_normal_kth = 0.0
+    for q in range(first, last):
+        qx, qy, qz = points[q, 0], points[q, 1], points[q, 2]
+        if previous >= 0:
+            px, py, pz = points[previous, 0] - qx, points[previous, 1] - qy, points[previous, 2] - qz
+            kth_distance = math.sqrt(previous_kth)
+            step = min(math.sqrt(px * px + py * py + pz * pz), _MAX_STEP * kth_distance)
+            reach = (kth_distance + step) * (1.0 + 1e-5) + 1e-12  # float32 rounding of the distances
+        else:
+            reach = 2.0 * cell
+        while True:
+            m, count, whole = _scan(qx, qy, qz, reach, sorted_xyz, start, origin, cell, dims, runs, squared)
+            kth, take = _kth_distance(squared, m, k, radius2, previous_kth, scratch)
+            if (take == k and kth <= reach * reach) or whole or reach * reach >= radius2:
+                break
+            reach *= _GROWTH
+        normal_kth, normal_take = _kth_distance(squared, m, normal_k, normal_radius2, previous_normal_kth, scratch)
+        # The k nearest: everything strictly nearer than the k-th distance, then ties in storage order; the normal's
+        # covariance over the normal_k nearest (offsets from the query), likewise.
+        written = 0
+        ties = take - _count_below(squared, m, kth)
+        normal_ties = normal_take - _count_below(squared, m, normal_kth)
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = _ZERO
+        i = 0
+        for r in range(count):
+            for s in range(runs[r, 0], runs[r, 1]):
+                d = squared[i]
+                i += 1
+                if d > kth or d > radius2:
+                    continue
+                if d == kth:
+                    if ties == 0:
+                        continue
+                    ties -= 1
+                neighbours[q, written] = sorted_index[s]
+                distances[q, written] = d
+                written += 1
+                if d > normal_kth or d > normal_radius2:
+                    continue
+                if d == normal_kth:
+                    if normal_ties == 0:
+                        continue
+                    normal_ties -= 1
+                dx, dy, dz = sx[s] - qx, sy[s] - qy, sz[s] - qz
+                s0 += _ONE
+                s1 += dx
+                s2 += dy
+                s3 += dz
+                s4 += dx * dx
+                s5 += dx * dy
+                s6 += dx * dz
+                s7 += dy * dy
+                s8 += dy * dz
+                s9 += dz * dz
+        counts[q] = written
+        if s0 >= _F32(3.0):
+            inv = _ONE / s0
+            mx, my, mz = s1 * inv, s2 * inv, s3 * inv
+            nx, ny, nz = _smallest_eigenvector(
+                s4 * inv - mx * mx,
+                s5 * inv - mx * my,
+                s6 * inv - mx * mz,
+                s7 * inv - my * my,
+                s8 * inv - my * mz,
+                s9 * inv - mz * mz,
+            )
+        else:
+            nx, ny, nz = _smallest_eigenvector(_ONE, _ZERO, _ZERO, _ONE, _ZERO, _ONE)
+        if camera and nx * qx + ny * qy + nz * qz > _ZERO:
+            nx, ny, nz = -nx, -ny, -nz
+        normals[q, 0], normals[q, 1], normals[q, 2] = nx, ny, nz
+        if take == k:
+            previous, previous_kth, previous_normal_kth = q, kth, normal_kth
+        else:
+            previous = -1
+
+
+@njit(**_JIT)
+def _count_below(values: np.ndarray, m: int, threshold: float) -> int:
+    """How many of ``values[:m]`` are below ``threshold``."""
+    count = 0
+    for i in range(m):
+        count += 1 if values[i] < threshold else 0
+    return count
+
+
+def _cell_size(organized: np.ndarray, points: np.ndarray, k: int) -> float:
+    """Grid cell edge from the median pixel spacing of the organized cloud ``(H, W, 3)`` (speed only)."""
+    valid = (organized != 0).all(axis=-1)
+    steps = []
+    for a, b, both in (
+        (organized[:, 1:], organized[:, :-1], valid[:, 1:] & valid[:, :-1]),
+        (organized[1:], organized[:-1], valid[1:] & valid[:-1]),
+    ):
+        if both.any():
+            steps.append(np.linalg.norm((a - b)[both], axis=-1))
+    extent = points.max(axis=0) - points.min(axis=0)
+    if steps:
+        spacing = float(np.median(np.concatenate(steps)))
+    else:  # no adjacent valid pixels: assume the points fill a square
+        spacing = float(max(extent.max(), 1e-12)) / math.sqrt(points.shape[0])
+    cell = max(_CELL_FACTOR * spacing * math.sqrt(k / math.pi), 1e-9)
+    # Coarser cells where the grid would be much larger than the cloud (sparse points spread over a large volume).
+    while np.prod(np.floor(extent / cell) + 1) > _MAX_CELLS_PER_POINT * points.shape[0] + 27:
+        cell *= 1.5
+    return cell
+
+
+def _search(
+    points: np.ndarray,
+    organized: np.ndarray,
+    k: int,
+    radius: float,
+    normal_k: int,
+    normal_radius: float,
+    camera: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Grid, neighbour lists ``(N, k)`` (indices, squared distances, counts) and normals ``(N, 3)`` of ``points``."""
+    n = points.shape[0]
+    cell = _cell_size(organized, points, k)
+    origin = points.min(axis=0).astype(np.float64)
+    dims = (np.floor((points.max(axis=0) - origin) / cell) + 1).astype(np.int64)
+    start, sorted_xyz, sorted_index = _build_grid(points, origin, cell, dims)
+    neighbours = np.empty((n, k), np.int32)
+    distances = np.empty((n, k), np.float32)
+    counts = np.zeros(n, np.int32)
+    normals = np.empty((n, 3), np.float32)
+    _run_rows(_knn_rows, n, points, sorted_xyz, sorted_index, start, origin, cell, dims, k, radius * radius, normal_k,
+              normal_radius * normal_radius, camera, neighbours, distances, counts, normals)  # fmt: skip
+    return neighbours, distances, counts, normals
+
+
+def knn_search(organized: np.ndarray, k: int, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest valid neighbours (the point itself included) within ``radius`` of every valid point.
+
+    Args:
+        organized: Organized cloud ``(H, W, 3)`` float32; missing points are exactly ``(0, 0, 0)``.
+        k: Neighbours per point, the point itself included (Open3D's ``max_nn``).
+        radius: Search radius (Open3D's hybrid radius).
+
+    Returns:
+        ``valid`` ``(H * W,)`` mask of the points, ``neighbours`` ``(N, k)`` indices into the valid points,
+        ``distances`` ``(N, k)`` squared distances (unsorted; entries beyond ``counts`` are undefined) and
+        ``counts`` ``(N,)``.
+    """
+    organized = np.ascontiguousarray(organized, dtype=np.float32)
+    valid = (organized != 0).all(axis=-1).reshape(-1)
+    points = np.ascontiguousarray(organized.reshape(-1, 3)[valid])
+    if points.shape[0] == 0:
+        return valid, np.empty((0, k), np.int32), np.empty((0, k), np.float32), np.zeros(0, np.int32)
+    neighbours, distances, counts, _ = _search(points, organized, k, radius, 1, 0.0, False)
+    return valid, neighbours, distances, counts
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SPFH and FPFH over neighbour lists
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _spfh_rows(
+    first: int,
+    last: int,
+    points: np.ndarray,
+    normals: np.ndarray,
+    neighbours: np.ndarray,
+    counts: np.ndarray,
+    spfh: np.ndarray,
+) -> None:
+    """SPFH (Open3D's ``ComputeSPFHFeature``) of the points ``first:last`` into ``spfh`` ``(N, 33)``."""
+    width = neighbours.shape[1]
+    gx = np.empty(width, np.float32)
+    gy = np.empty(width, np.float32)
+    gz = np.empty(width, np.float32)
+    hx = np.empty(width, np.float32)
+    hy = np.empty(width, np.float32)
+    hz = np.empty(width, np.float32)
+    b0 = np.empty(width, np.int32)
+    b1 = np.empty(width, np.int32)
+    b2 = np.empty(width, np.int32)
+    histogram = np.empty((3, _NUM_BINS), np.int32)
+    for q in range(first, last):
+        px, py, pz = points[q, 0], points[q, 1], points[q, 2]
+        n1x, n1y, n1z = normals[q, 0], normals[q, 1], normals[q, 2]
+        m = 0
+        for j in range(counts[q]):  # gather the neighbours (the point itself excluded)
+            s = neighbours[q, j]
+            if s != q:
+                gx[m] = points[s, 0] - px
+                gy[m] = points[s, 1] - py
+                gz[m] = points[s, 2] - pz
+                hx[m] = normals[s, 0]
+                hy[m] = normals[s, 1]
+                hz[m] = normals[s, 2]
+                m += 1
+        for j in range(m):  # pair features, vectorised over the neighbours
+            dx, dy, dz = gx[j], gy[j], gz[j]
+            n2x, n2y, n2z = hx[j], hy[j], hz[j]
+            s = dx * dx + dy * dy + dz * dz
+            e1 = n1x * dx + n1y * dy + n1z * dz
+            e2 = n2x * dx + n2y * dy + n2z * dz
+            c = n1x * n2x + n1y * n2y + n1z * n2z
+            g = dx * (n1y * n2z - n1z * n2y) + dy * (n1z * n2x - n1x * n2z) + dz * (n1x * n2y - n1y * n2x)
+            swap = abs(e1) < abs(e2)
+            e_source = e2 if swap else e1
+            v_squared = max(s - e_source * e_source, _ZERO)
+            v_norm = math.sqrt(v_squared)
+            degenerate = (s == _ZERO) or (v_squared == _ZERO)
+            f2 = _ZERO if degenerate else (-e2 if swap else e1) / math.sqrt(s)
+            f1 = _ZERO if degenerate else g / v_norm
+            numerator = -(e1 - e2 * c) if swap else -(e1 * c - e2)
+            f0 = _ZERO if degenerate else _atan2(numerator, c * v_norm)
+            b0[j] = _bin(f0, -_PI, _ANGLE_SCALE)
+            b1[j] = _bin(f1, -_ONE, _UNIT_SCALE)
+            b2[j] = _bin(f2, -_ONE, _UNIT_SCALE)
+        histogram[:] = 0
+        for j in range(m):  # three counters per pair, in separate histograms (no store-to-load chains)
+            histogram[0, b0[j]] += 1
+            histogram[1, b1[j]] += 1
+            histogram[2, b2[j]] += 1
+        scale = _safe_div(_HUNDRED, _F32(m))
+        for group in range(3):
+            for b in range(_NUM_BINS):
+                spfh[q, group * _NUM_BINS + b] = _F32(histogram[group, b]) * scale
+
+
+@njit(**_JIT)
+def _fpfh_rows(
+    first: int,
+    last: int,
+    neighbours: np.ndarray,
+    distances: np.ndarray,
+    counts: np.ndarray,
+    spfh: np.ndarray,
+    fpfh: np.ndarray,
+) -> None:
+    """FPFH (Open3D's ``ComputeFPFHFeature``): own SPFH plus the ``1/d²``-weighted neighbour SPFHs per group."""
+    channels = 3 * _NUM_BINS
+    total = np.empty(channels, np.float32)
+    weight = np.empty(neighbours.shape[1], np.float32)
+    for q in range(first, last):
+        m = 0
+        for j in range(counts[q]):  # 1/d² of the neighbours; 0 for the point itself and coincident points
+            d = distances[q, j]
+            own = neighbours[q, j] == q
+            m += 0 if own else 1
+            weight[j] = _ONE / d if (d > _ZERO and not own) else _ZERO
+        total[:] = _ZERO
+        for j in range(counts[q]):
+            source = spfh[neighbours[q, j]]
+            w = weight[j]
+            for b in range(channels):
+                total[b] += source[b] * w
+        for group in range(3):
+            group_sum = _ZERO
+            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+                group_sum += total[b]
+            scale = _safe_div(_HUNDRED, group_sum)
+            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+                fpfh[q, b] = total[b] * scale + spfh[q, b] if m > 0 else _ZERO
+
+
+def fpfh_knn_numba(
+    xyz: torch.Tensor,
+    voxel_size: float,
+    *,
+    max_nn: int,
+    normal_max_nn: int,
+    normal_orientation: str,
+) -> torch.Tensor:
+    """FPFH of float32 CPU clouds ``(B, 3, H, W)`` over exact k-nearest neighbourhoods (fused kernels).
+
+    Called by :func:`anomalib_btm.features.fpfh_torch.fpfh_torch` (``search="knn"``), which owns the defaults and
+    validates the options (``normal_max_nn <= max_nn``).
+
+    Args:
+        xyz: Organized clouds, float32 on the CPU, metres, missing points exactly ``(0, 0, 0)``.
+        voxel_size: Radius scale: normals within ``2 * voxel_size``, FPFH within ``5 * voxel_size``.
+        max_nn: FPFH neighbourhood size including the point itself.
+        normal_max_nn: Normal neighbourhood size including the point itself.
+        normal_orientation: ``"camera"`` or ``"open3d"``.
+
+    Returns:
+        FPFH ``(B, 33, H, W)`` float32, zero at missing points and points without neighbours.
+    """
+    # NumPy glue only (no torch operation between the kernels, see fpfh_numba).
+    clouds = np.ascontiguousarray(xyz.detach().cpu().numpy().transpose(0, 2, 3, 1))
+    batch, height, width, _ = clouds.shape
+    out = np.zeros((batch, height * width, 3 * _NUM_BINS), np.float32)
+    for index in range(batch):
+        organized = clouds[index]
+        valid = (organized != 0).all(axis=-1).reshape(-1)
+        points = np.ascontiguousarray(organized.reshape(-1, 3)[valid])
+        n = points.shape[0]
+        if n == 0:
+            continue
+        neighbours, distances, counts, normals = _search(points, organized, max_nn, 5.0 * voxel_size, normal_max_nn,
+                                                         2.0 * voxel_size, normal_orientation == "camera")  # fmt: skip
+        spfh = np.empty((n, 3 * _NUM_BINS), np.float32)
+        _run_rows(_spfh_rows, n, points, normals, neighbours, counts, spfh)
+        fpfh = np.empty((n, 3 * _NUM_BINS), np.float32)
+        _run_rows(_fpfh_rows, n, neighbours, distances, counts, spfh, fpfh)
+        out[index, valid] = fpfh
+    return torch.from_numpy(out.reshape(batch, height, width, 3 * _NUM_BINS).transpose(0, 3, 1, 2).copy())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Torch twin: brute-force search (CUDA, float64, reference)
+# --------------------------------------------------------------------------------------------------------------------
+
+_TORCH_CHUNK = 4096
+"""Queries per block of the torch search and the weighted sum (bounds memory to ``chunk × N`` distances)."""
+
+
+def knn_search_torch(points: torch.Tensor, k: int, radius: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact ``k`` nearest neighbours within ``radius`` by brute force, in blocks of queries (any device/dtype).
+
+    Args:
+        points: Points ``(N, 3)``.
+        k: Neighbours per point, the point itself included.
+        radius: Search radius.
+
+    Returns:
+        ``neighbours`` ``(N, k')`` int64, squared ``distances`` ``(N, k')`` sorted ascending and ``found``
+        ``(N, k')`` bool (within the radius), with ``k' = min(k, N)``.
+    """
+    n = points.shape[0]
+    k = min(k, n)
+    neighbours, distances = [], []
+    for first in range(0, n, _TORCH_CHUNK):
+        queries = points[first : first + _TORCH_CHUNK]
+        squared = torch.cdist(queries, points, compute_mode="donot_use_mm_for_euclid_dist").square()
+        values, indices = squared.topk(k, dim=1, largest=False, sorted=True)
+        neighbours.append(indices)
+        distances.append(values)
+    neighbours_t = torch.cat(neighbours) if neighbours else points.new_zeros((0, k), dtype=torch.long)
+    distances_t = torch.cat(distances) if distances else points.new_zeros((0, k))
+    return neighbours_t, distances_t, distances_t <= radius * radius
+
+
+def _normals_torch(
+    points: torch.Tensor, neighbours: torch.Tensor, found: torch.Tensor, k: int, camera: bool
+) -> torch.Tensor:
+    """Normals ``(N, 3)`` from the first ``k`` (sorted) neighbours that lie within the normal radius."""
+    from anomalib_btm.features.fpfh_torch import smallest_eigenvector
+
+    selected = found[:, :k]
+    offsets = points[neighbours[:, :k]] - points[:, None]
+    offsets = torch.where(selected[..., None], offsets, torch.zeros_like(offsets))
+    count = selected.sum(dim=1).to(points.dtype)
+    inv = 1 / count.clamp_min(1)
+    mean = offsets.sum(dim=1) * inv[:, None]
+    second = torch.einsum("nki,nkj->nij", offsets, offsets) * inv[:, None, None]
+    cov = second - mean[:, :, None] * mean[:, None, :]
+    entries = (cov[:, 0, 0], cov[:, 0, 1], cov[:, 0, 2], cov[:, 1, 1], cov[:, 1, 2], cov[:, 2, 2])
+    one, zero = torch.ones_like(count), torch.zeros_like(count)
+    entries = tuple(
+        torch.where(count >= 3, e, d) for e, d in zip(entries, (one, zero, zero, one, zero, one), strict=True)
+    )
+    normals = torch.stack(smallest_eigenvector(entries), dim=1)
+    if camera:
+        normals = torch.where((normals * points).sum(dim=1, keepdim=True) > 0, -normals, normals)
+    return normals
+
+
+def _fpfh_points_torch(
+    points: torch.Tensor, voxel_size: float, max_nn: int, normal_max_nn: int, camera: bool
+) -> torch.Tensor:
+    """FPFH ``(N, 33)`` of points ``(N, 3)`` with the brute-force search."""
+    from anomalib_btm.features.fpfh_torch import _pair_feature_bins
+
+    n = points.shape[0]
+    normal_radius, radius = 2.0 * voxel_size, 5.0 * voxel_size
+    neighbours, distances, found = knn_search_torch(points, max(max_nn, normal_max_nn), max(radius, normal_radius))
+    normal_found = found & (distances <= normal_radius**2)
+    normals = _normals_torch(points, neighbours, normal_found, normal_max_nn, camera)
+    neighbours, distances = neighbours[:, :max_nn], distances[:, :max_nn]
+    itself = neighbours == torch.arange(n, device=points.device)[:, None]
+    pairs = found[:, :max_nn] & (distances <= radius**2) & ~itself
+    count = pairs.sum(dim=1, keepdim=True).to(points.dtype)
+    spfh = points.new_zeros(n, 3 * _NUM_BINS)
+    for first in range(0, n, _TORCH_CHUNK):
+        rows = slice(first, first + _TORCH_CHUNK)
+        index = neighbours[rows]
+        d = (points[index] - points[rows, None]).unbind(dim=2)
+        n1 = normals[rows, None].unbind(dim=2)
+        n2 = normals[index].unbind(dim=2)
+        bins = _pair_feature_bins(d, distances[rows], n1, n2)
+        weight = pairs[rows].to(points.dtype)
+        for group, value in enumerate(bins):
+            spfh[rows, group * _NUM_BINS : (group + 1) * _NUM_BINS].scatter_add_(1, value.long(), weight)
+    spfh = spfh * torch.where(count > 0, 100 / count.clamp_min(1), torch.zeros_like(count))
+    fpfh = torch.zeros_like(spfh)
+    for first in range(0, n, _TORCH_CHUNK):
+        rows = slice(first, first + _TORCH_CHUNK)
+        positive = pairs[rows] & (distances[rows] > 0)
+        weight = torch.where(positive, 1 / distances[rows].clamp_min(torch.finfo(points.dtype).tiny), 0.0)
+        weighted = (spfh[neighbours[rows]] * weight[..., None]).sum(dim=1).unflatten(1, (3, _NUM_BINS))
+        total = weighted.sum(dim=2, keepdim=True)
+        weighted = torch.where(total != 0, 100 * weighted / torch.where(total != 0, total, 1.0), 0.0)
+        fpfh[rows] = torch.where(count[rows] > 0, weighted.flatten(1) + spfh[rows], 0.0)
+    return fpfh
+
+
+def fpfh_knn_torch(
+    xyz: torch.Tensor,
+    voxel_size: float,
+    *,
+    max_nn: int,
+    normal_max_nn: int,
+    normal_orientation: str,
+) -> torch.Tensor:
+    """FPFH of organized clouds ``(B, 3, H, W)`` over exact k-nearest neighbourhoods, in torch (brute force).
+
+    Same definition as :func:`fpfh_knn_numba`; runs on the device and in the dtype of ``xyz`` (float64 on the CPU
+    reproduces Open3D to float rounding). Memory and time grow with the square of the valid points per cloud: meant
+    for GPUs and for reference computations.
+
+    Args:
+        xyz: Organized clouds, metres, missing points exactly ``(0, 0, 0)``.
+        voxel_size: Radius scale: normals within ``2 * voxel_size``, FPFH within ``5 * voxel_size``.
+        max_nn: FPFH neighbourhood size including the point itself.
+        normal_max_nn: Normal neighbourhood size including the point itself.
+        normal_orientation: ``"camera"`` or ``"open3d"``.
+
+    Returns:
+        FPFH ``(B, 33, H, W)`` float32 on the device of ``xyz``.
+    """
+    batch, _, height, width = xyz.shape
+    clouds = xyz.permute(0, 2, 3, 1).reshape(batch, height * width, 3)
+    out = torch.zeros(batch, height * width, 3 * _NUM_BINS, dtype=torch.float32, device=xyz.device)
+    for index in range(batch):
+        valid = (clouds[index] != 0).all(dim=1)
+        if valid.any():
+            fpfh = _fpfh_points_torch(clouds[index][valid], voxel_size, max_nn, normal_max_nn,
+                                      normal_orientation == "camera")  # fmt: skip
+            out[index, valid] = fpfh.to(torch.float32)
+    return out.reshape(batch, height, width, 3 * _NUM_BINS).permute(0, 3, 1, 2).contiguous()
