@@ -1,0 +1,159 @@
+# Copyright (C) 2026 anomalib_btm authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Tests of the true k-nearest-neighbour FPFH (``search="knn"``): exact neighbour sets and Open3D parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anomalib_btm.data.synthetic import render_sample
+from anomalib_btm.features import compute_fpfh
+from anomalib_btm.features.fpfh_knn import knn_search, knn_search_torch
+from tests.features.test_fpfh import make_cloud, per_point_correlation
+
+
+def _squared(points: np.ndarray) -> np.ndarray:
+    return ((points[:, None].astype(np.float64) - points[None].astype(np.float64)) ** 2).sum(-1)
+
+
+def _brute_force(points: np.ndarray, k: int, radius: float) -> list[set[int]]:
+    """The ``k`` nearest within ``radius`` of every point (float64, the point itself included)."""
+    squared = _squared(points)
+    order = np.argsort(squared, axis=1, kind="stable")[:, :k]
+    return [{int(j) for j in row if squared[i, j] <= radius * radius} for i, row in enumerate(order)]
+
+
+def _steep_cloud(size: int, seed: int) -> np.ndarray:
+    """Organized ``(H, W, 3)`` cloud: a plane with a 60° ridge and an 80° step, holes, jitter (no distance ties)."""
+    rng = np.random.default_rng(seed)
+    v, u = np.meshgrid(np.linspace(-0.05, 0.05, size), np.linspace(-0.05, 0.05, size), indexing="ij")
+    height = np.clip(0.012 - np.abs(u) * np.tan(np.radians(60)), 0, None)  # ridge with 60° flanks
+    height = height + np.where(v > 0.02, 0.01, 0.0)  # a step (80°+) across the image
+    xyz = np.stack([u, v, 0.5 - height], axis=-1) + rng.normal(0, 2e-5, (size, size, 3))
+    xyz[rng.random((size, size)) < 0.1] = 0.0
+    return xyz.astype(np.float32)
+
+
+@pytest.mark.parametrize(("k", "radius"), [(30, 0.1), (100, 0.25), (100, 0.004), (7, 1.0)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_knn_search_equals_brute_force(k: int, radius: float, seed: int) -> None:
+    organized = _steep_cloud(40, seed)
+    valid, neighbours, distances, counts = knn_search(organized, k, radius)
+    points = organized.reshape(-1, 3)[valid]
+    expected = _brute_force(points, k, radius)
+    squared = _squared(points)
+    assert len(expected) == points.shape[0] == counts.shape[0]
+    near_ties = 0
+    for index, reference in enumerate(expected):
+        found = neighbours[index, : counts[index]]
+        assert len(found) == len(reference), f"point {index}"
+        differ = set(found.tolist()) ^ reference
+        if differ:  # only swaps at the k-th distance within float32 resolution (float64 reference)
+            kth = max(squared[index, j] for j in reference)
+            assert all(abs(squared[index, j] - kth) <= 1e-6 * kth for j in differ), f"point {index}"
+            near_ties += 1
+        exact = ((points[found] - points[index]) ** 2).sum(-1)
+        np.testing.assert_allclose(distances[index, : counts[index]], exact, rtol=1e-5, atol=1e-12)
+    assert near_ties <= 0.01 * len(expected)
+    if radius < 0.01:  # the radius, not k, bounds some neighbourhoods
+        assert (counts < k).any()
+
+
+def test_knn_search_with_fewer_points_than_k_and_empty_clouds() -> None:
+    organized = np.zeros((6, 6, 3), np.float32)
+    organized[1, 2] = (0.1, 0.2, 0.5)
+    organized[4, 4] = (0.2, 0.1, 0.6)
+    organized[5, 0] = (0.1, 0.1, 0.4)
+    valid, neighbours, _, counts = knn_search(organized, 10, 1.0)
+    assert valid.sum() == 3
+    assert counts.tolist() == [3, 3, 3]
+    assert all(set(neighbours[i, :3].tolist()) == {0, 1, 2} for i in range(3))
+    valid, neighbours, _, counts = knn_search(np.zeros((4, 4, 3), np.float32), 10, 1.0)
+    assert not valid.any()
+    assert neighbours.shape == (0, 10)
+    assert counts.shape == (0,)
+
+
+def test_knn_search_torch_equals_brute_force() -> None:
+    points = _steep_cloud(24, 3).reshape(-1, 3)
+    points = points[(points != 0).all(-1)]
+    neighbours, distances, found = knn_search_torch(torch.from_numpy(points).double(), 30, 0.01)
+    expected = _brute_force(points, 30, 0.01)
+    for index, reference in enumerate(expected):
+        assert set(neighbours[index][found[index]].tolist()) == reference
+    assert (distances[:, 1:] >= distances[:, :-1]).all()  # sorted
+
+
+def _sensor_cloud(shape: str, size: int | tuple[int, int], seed: int, working: int = 96) -> torch.Tensor:
+    """A generated cloud ``(1, 3, working, working)``, resized with nearest from the sensor size (as BTM does)."""
+    xyz = torch.from_numpy(render_sample(size, seed=seed, shape=shape).xyz).permute(2, 0, 1)[None]
+    return F.interpolate(xyz, size=(working, working), mode="nearest")
+
+
+GEOMETRIES = [
+    ("ring45", 128),
+    ("ring60", 128),
+    ("ring80", 128),
+    ("dome", 128),
+    ("box", 128),
+    ("bagel", (96, 160)),  # non-square sensor resized to a square
+    ("ring60", (160, 96)),
+]
+
+
+@pytest.mark.parametrize(("shape", "size"), GEOMETRIES, ids=[f"{s}-{z}" for s, z in GEOMETRIES])
+def test_knn_fpfh_matches_open3d_at_the_tails(shape: str, size: int | tuple[int, int]) -> None:
+    # Steep walls, silhouettes, holes and resized non-square sensors: the pixel window misses Open3D's
+    # neighbourhoods there; the k-NN search finds them, so with Open3D's normal signs every descriptor agrees.
+    xyz = _sensor_cloud(shape, size, seed=5)
+    reference = compute_fpfh(xyz, backend="open3d")
+    ours = compute_fpfh(xyz, backend="torch", normal_orientation="open3d")  # search="knn" is the default
+    valid = (xyz != 0).all(dim=1)
+    assert torch.equal(valid, (reference != 0).any(dim=1))
+    assert torch.equal((ours == 0).all(dim=1), (reference == 0).all(dim=1))
+    a, b = reference.permute(0, 2, 3, 1)[valid].T, ours.permute(0, 2, 3, 1)[valid].T
+    correlation = per_point_correlation(a, b)
+    assert torch.quantile(correlation, 0.05) >= 0.99
+    assert torch.quantile(correlation, 0.01) >= 0.95
+    # The window search is measurably worse on the same cloud (what the k-NN search fixes).
+    window = compute_fpfh(xyz, backend="torch", search="window", normal_orientation="open3d")
+    window_correlation = per_point_correlation(a, window.permute(0, 2, 3, 1)[valid].T)
+    assert torch.quantile(window_correlation, 0.05) < torch.quantile(correlation, 0.05)
+
+
+def test_knn_kernels_equal_the_torch_twin_and_float64_equals_open3d() -> None:
+    xyz = torch.cat([_sensor_cloud("ring60", 96, seed=1, working=64), make_cloud(64, seed=2)[None]])
+    kernel = compute_fpfh(xyz, backend="torch")
+    twin = compute_fpfh(xyz, backend="torch", cpu_kernel=False)
+    valid = (xyz != 0).all(dim=1)
+    a, b = kernel.permute(0, 2, 3, 1)[valid].T, twin.permute(0, 2, 3, 1)[valid].T
+    # Same neighbours and arithmetic up to float32 rounding (a pair feature at a bin edge may change bins).
+    assert per_point_correlation(a, b).median() > 0.99999
+    assert ((a - b).abs().amax(dim=0) > 1).float().mean() < 0.01
+    # In float64 the torch twin is Open3D's computation: equal up to rounding, but for a handful of points whose
+    # k-th neighbours tie (a regular grid has exact ties: Open3D keeps whichever its tree visits first) or whose pair
+    # features sit on a bin edge.
+    reference = compute_fpfh(xyz, backend="open3d")
+    exact = compute_fpfh(xyz.double(), backend="torch")
+    off = (exact - reference).abs().amax(dim=1)[valid]
+    assert (off > 1e-2).float().mean() < 1e-2
+    c, d = reference.permute(0, 2, 3, 1)[valid].T, exact.permute(0, 2, 3, 1)[valid].T
+    assert per_point_correlation(c, d).min() > 0.99
+
+
+def test_knn_camera_orientation_and_small_radius() -> None:
+    xyz = _sensor_cloud("dome", 96, seed=2, working=64)
+    camera = compute_fpfh(xyz, backend="torch", normal_orientation="camera")
+    twin = compute_fpfh(xyz, backend="torch", normal_orientation="camera", cpu_kernel=False)
+    valid = (xyz != 0).all(dim=1)
+    a, b = camera.permute(0, 2, 3, 1)[valid].T, twin.permute(0, 2, 3, 1)[valid].T
+    assert per_point_correlation(a, b).median() > 0.99999
+    # Radii smaller than the neighbourhoods: the radius bounds them, points without neighbours are zero (Open3D too).
+    small = compute_fpfh(xyz, backend="torch", voxel_size=0.0002)
+    reference = compute_fpfh(xyz, backend="open3d", voxel_size=0.0002)
+    assert torch.equal((small == 0).all(dim=1), (reference == 0).all(dim=1))
+    assert (small == 0).all(dim=1)[valid].any()
