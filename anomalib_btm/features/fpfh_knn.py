@@ -153,17 +153,18 @@ def _scan(
     origin: np.ndarray,
     cell: float,
     dims: np.ndarray,
-    runs: np.ndarray,
+    sorted_index: np.ndarray,
+    scanned: np.ndarray,
     squared: np.ndarray,
-) -> tuple[int, int, bool]:
-    """Squared distances of every point in the grid columns that meet the ball of radius ``reach``.
+) -> tuple[int, bool]:
+    """Point indices and squared distances of every point in the grid columns that meet the ball of radius ``reach``.
 
-    The points of a column of cells between the ball's lowest and highest z cell are contiguous in storage: each
-    column is one run ``runs[r] = (first, stop)`` and its distances are written to ``squared`` one after the other.
-    Every point within ``reach`` is among them (and some further away).
+    The points of a column of cells between the ball's lowest and highest z cell are contiguous in storage; they
+    are written to ``scanned`` and ``squared`` one after the other. Every point within ``reach`` is among them (and
+    some further away).
 
     Returns:
-        The number of points scanned, the number of runs and whether the ball's bounding box covers the whole grid.
+        The number of points scanned and whether the ball's bounding box covers the whole grid.
     """
     inv = 1.0 / cell
     nx, ny, nz = dims[0], dims[1], dims[2]
@@ -181,7 +182,6 @@ def _scan(
     reach2 = reach * reach
     sx, sy, sz = sorted_xyz[0], sorted_xyz[1], sorted_xyz[2]
     m = 0
-    count = 0
     for ix in range(x0, x1 + 1):
         low = origin[0] + ix * cell
         gx = max(low - qx, qx - (low + cell), 0.0)
@@ -192,15 +192,12 @@ def _scan(
                 continue
             base = (ix * ny + iy) * nz
             first, stop = start[base + z0], start[base + z1 + 1]
-            if stop == first:
-                continue
-            runs[count, 0], runs[count, 1] = first, stop
-            count += 1
             for s in range(first, stop):
                 dx, dy, dz = sx[s] - qx, sy[s] - qy, sz[s] - qz
-                squared[m] = dx * dx + dy * dy + dz * dz
-                m += 1
-    return m, count, whole
+                squared[m + s - first] = dx * dx + dy * dy + dz * dz
+                scanned[m + s - first] = sorted_index[s]
+            m += stop - first
+    return m, whole
 
 
 @njit(**_JIT)
@@ -259,11 +256,10 @@ def _kth_distance(
         if not low < threshold < high:
             threshold = 0.5 * (max(low, 0.0) + high)
     size = 0
-    for i in range(m):
+    for i in range(m):  # branch-free compaction
         value = values[i]
-        if low < value <= high:
-            scratch[size] = value
-            size += 1
+        scratch[size] = value
+        size += 1 if low < value <= high else 0
     return _kth_smallest(scratch, size, take - count_low), take
 
 
@@ -303,8 +299,9 @@ def _knn_rows(
     n = points.shape[0]
     squared = np.empty(n, points.dtype)
     scratch = np.empty(n, points.dtype)
-    runs = np.empty((dims[0] * dims[1], 2), np.int64)
-    sx, sy, sz = sorted_xyz[0], sorted_xyz[1], sorted_xyz[2]
+    found = np.empty(n, np.int32)
+    found_squared = np.empty(n, points.dtype)
+    scanned = np.empty(n, np.int32)
     previous = -1
     previous_kth = previous_normal_kth = 0.0
     for q in range(first, last):
@@ -317,39 +314,46 @@ def _knn_rows(
         else:
             reach = 2.0 * cell
         while True:
-            m, count, whole = _scan(qx, qy, qz, reach, sorted_xyz, start, origin, cell, dims, runs, squared)
+            m, whole = _scan(qx, qy, qz, reach, sorted_xyz, start, origin, cell, dims, sorted_index, scanned, squared)
             kth, take = _kth_distance(squared, m, k, radius2, previous_kth, scratch)
             if (take == k and kth <= reach * reach) or whole or reach * reach >= radius2:
                 break
             reach *= _GROWTH
-        normal_kth, normal_take = _kth_distance(squared, m, normal_k, normal_radius2, previous_normal_kth, scratch)
-        # The k nearest: everything strictly nearer than the k-th distance, then ties in storage order; the normal's
-        # covariance over the normal_k nearest (offsets from the query), likewise.
-        written = 0
-        ties = take - _count_below(squared, m, kth)
-        normal_ties = normal_take - _count_below(squared, m, normal_kth)
+        # The k nearest: everything strictly nearer than the k-th distance (branch-free compaction), then ties at
+        # the k-th distance in storage order (rare: a second pass only when there are some).
+        written = _collect(squared, scanned, m, kth, found, found_squared)
+        if written < take:
+            written = _collect_ties(squared, scanned, m, kth, found, found_squared, written, take)
+        for j in range(written):
+            neighbours[q, j] = found[j]
+            distances[q, j] = found_squared[j]
+        # The normal's neighbourhood is the normal_k nearest of these within the normal radius.
+        normal_kth, normal_take = _kth_distance(
+            found_squared, written, normal_k, normal_radius2, previous_normal_kth, scratch
+        )
+        below = _count_below(found_squared, written, normal_kth)
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = _ZERO
-        i = 0
-        for r in range(count):
-            for s in range(runs[r, 0], runs[r, 1]):
-                d = squared[i]
-                i += 1
-                if d > kth or d > radius2:
-                    continue
-                if d == kth:
-                    if ties == 0:
-                        continue
-                    ties -= 1
-                neighbours[q, written] = sorted_index[s]
-                distances[q, written] = d
-                written += 1
-                if d > normal_kth or d > normal_radius2:
-                    continue
-                if d == normal_kth:
-                    if normal_ties == 0:
-                        continue
-                    normal_ties -= 1
-                dx, dy, dz = sx[s] - qx, sy[s] - qy, sz[s] - qz
+        for j in range(written):  # masked sums (vectorised); ties at the normal's k-th distance below
+            d = found_squared[j]
+            p = found[j]
+            keep = _ONE if d < normal_kth else _ZERO
+            dx, dy, dz = points[p, 0] - qx, points[p, 1] - qy, points[p, 2] - qz
+            s0 += keep
+            s1 += keep * dx
+            s2 += keep * dy
+            s3 += keep * dz
+            s4 += keep * dx * dx
+            s5 += keep * dx * dy
+            s6 += keep * dx * dz
+            s7 += keep * dy * dy
+            s8 += keep * dy * dz
+            s9 += keep * dz * dz
+        ties = normal_take - below
+        for j in range(written):
+            if ties > 0 and found_squared[j] == normal_kth:
+                ties -= 1
+                p = found[j]
+                dx, dy, dz = points[p, 0] - qx, points[p, 1] - qy, points[p, 2] - qz
                 s0 += _ONE
                 s1 += dx
                 s2 += dy
@@ -381,6 +385,45 @@ def _knn_rows(
             previous, previous_kth, previous_normal_kth = q, kth, normal_kth
         else:
             previous = -1
+
+
+@njit(**_JIT)
+def _collect(
+    squared: np.ndarray,
+    scanned: np.ndarray,
+    m: int,
+    kth: float,
+    found: np.ndarray,
+    found_squared: np.ndarray,
+) -> int:
+    """Copy the scanned points nearer than ``kth`` to ``found``; how many (branch-free compaction)."""
+    written = 0
+    for i in range(m):
+        d = squared[i]
+        found[written] = scanned[i]
+        found_squared[written] = d
+        written += 1 if d < kth else 0
+    return written
+
+
+@njit(**_JIT)
+def _collect_ties(
+    squared: np.ndarray,
+    scanned: np.ndarray,
+    m: int,
+    kth: float,
+    found: np.ndarray,
+    found_squared: np.ndarray,
+    written: int,
+    take: int,
+) -> int:
+    """Append scanned points at exactly ``kth`` to ``found`` (storage order) until it holds ``take``."""
+    for i in range(m):
+        if written < take and squared[i] == kth:
+            found[written] = scanned[i]
+            found_squared[written] = kth
+            written += 1
+    return written
 
 
 @njit(**_JIT)
@@ -477,12 +520,15 @@ def _spfh_rows(
 ) -> None:
     """SPFH (Open3D's ``ComputeSPFHFeature``) of the points ``first:last`` into ``spfh`` ``(N, 33)``."""
     width = neighbours.shape[1]
-    gx = np.empty(width, np.float32)
-    gy = np.empty(width, np.float32)
-    gz = np.empty(width, np.float32)
-    hx = np.empty(width, np.float32)
-    hy = np.empty(width, np.float32)
-    hz = np.empty(width, np.float32)
+    gx = np.empty(width + 1, np.float32)
+    gy = np.empty(width + 1, np.float32)
+    gz = np.empty(width + 1, np.float32)
+    hx = np.empty(width + 1, np.float32)
+    hy = np.empty(width + 1, np.float32)
+    hz = np.empty(width + 1, np.float32)
+    v0 = np.empty(width, np.float32)
+    v1 = np.empty(width, np.float32)
+    v2 = np.empty(width, np.float32)
     b0 = np.empty(width, np.int32)
     b1 = np.empty(width, np.int32)
     b2 = np.empty(width, np.int32)
@@ -491,16 +537,15 @@ def _spfh_rows(
         px, py, pz = points[q, 0], points[q, 1], points[q, 2]
         n1x, n1y, n1z = normals[q, 0], normals[q, 1], normals[q, 2]
         m = 0
-        for j in range(counts[q]):  # gather the neighbours (the point itself excluded)
+        for j in range(counts[q]):  # gather the neighbours, the point itself excluded (branch-free)
             s = neighbours[q, j]
-            if s != q:
-                gx[m] = points[s, 0] - px
-                gy[m] = points[s, 1] - py
-                gz[m] = points[s, 2] - pz
-                hx[m] = normals[s, 0]
-                hy[m] = normals[s, 1]
-                hz[m] = normals[s, 2]
-                m += 1
+            gx[m] = points[s, 0] - px
+            gy[m] = points[s, 1] - py
+            gz[m] = points[s, 2] - pz
+            hx[m] = normals[s, 0]
+            hy[m] = normals[s, 1]
+            hz[m] = normals[s, 2]
+            m += 0 if s == q else 1
         for j in range(m):  # pair features, vectorised over the neighbours
             dx, dy, dz = gx[j], gy[j], gz[j]
             n2x, n2y, n2z = hx[j], hy[j], hz[j]
@@ -518,9 +563,13 @@ def _spfh_rows(
             f1 = _ZERO if degenerate else g / v_norm
             numerator = -(e1 - e2 * c) if swap else -(e1 * c - e2)
             f0 = _ZERO if degenerate else _atan2(numerator, c * v_norm)
-            b0[j] = _bin(f0, -_PI, _ANGLE_SCALE)
-            b1[j] = _bin(f1, -_ONE, _UNIT_SCALE)
-            b2[j] = _bin(f2, -_ONE, _UNIT_SCALE)
+            v0[j] = f0
+            v1[j] = f1
+            v2[j] = f2
+        for j in range(m):  # bins (a loop of its own: both loops vectorise)
+            b0[j] = _bin(v0[j], -_PI, _ANGLE_SCALE)
+            b1[j] = _bin(v1[j], -_ONE, _UNIT_SCALE)
+            b2[j] = _bin(v2[j], -_ONE, _UNIT_SCALE)
         histogram[:] = 0
         for j in range(m):  # three counters per pair, in separate histograms (no store-to-load chains)
             histogram[0, b0[j]] += 1
@@ -543,20 +592,17 @@ def _fpfh_rows(
     fpfh: np.ndarray,
 ) -> None:
     """FPFH (Open3D's ``ComputeFPFHFeature``): own SPFH plus the ``1/d²``-weighted neighbour SPFHs per group."""
-    channels = 3 * _NUM_BINS
+    channels = spfh.shape[1]
     total = np.empty(channels, np.float32)
-    weight = np.empty(neighbours.shape[1], np.float32)
     for q in range(first, last):
-        m = 0
-        for j in range(counts[q]):  # 1/d² of the neighbours; 0 for the point itself and coincident points
-            d = distances[q, j]
-            own = neighbours[q, j] == q
-            m += 0 if own else 1
-            weight[j] = _ONE / d if (d > _ZERO and not own) else _ZERO
         total[:] = _ZERO
+        m = 0
         for j in range(counts[q]):
-            source = spfh[neighbours[q, j]]
-            w = weight[j]
+            s = neighbours[q, j]
+            d = distances[q, j]
+            m += 0 if s == q else 1
+            w = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself and coincident points: no weight
+            source = spfh[s]
             for b in range(channels):
                 total[b] += source[b] * w
         for group in range(3):
