@@ -6,12 +6,15 @@
 Generates organized clouds (224×224, ~45-50k valid points: bumpy height fields and an object on a background
 plane, seen by a pinhole camera at ~0.5 m, with missing points), then prints Markdown tables of
 
-* per-cloud time of Open3D and of the torch backend — its default CPU path (the fused Numba kernels), the eager
-  torch graph, ``torch.compile``, CUDA when present — at batch 1 and batch ``--batch``, with the speed-up over
-  Open3D measured in the same run;
-* parity with Open3D: per-point correlation and relative L1 distance of the 33-d descriptors, on all valid
-  points and on points at least ``window // 2`` pixels away from missing points and the image border, and the
-  agreement of the fused kernels with the torch graph.
+* per-cloud time of Open3D and of the torch backend — its default CPU path (``search="knn"``: the exact k-NN
+  kernels), the pixel-window kernels (``search="window"``), the eager window graph, ``torch.compile``, CUDA when
+  present — at batch 1 and batch ``--batch``, with the speed-up over Open3D measured in the same run;
+* parity with Open3D: per-point correlation (1st and 5th percentile, median, mean) and relative L1 distance of the
+  33-d descriptors, on all valid points and on points at least ``window // 2`` pixels away from missing points and
+  the image border, and the agreement of the window kernels with the window graph;
+* the same parity on generated geometry where pixel windows are not Open3D's neighbourhoods: rings with 45°, 60°
+  and 80° walls, a dome, a tilted box, and non-square sensors resized to the working size (``--no-geometry``
+  skips it).
 
 Usage::
 
@@ -93,6 +96,7 @@ def parity(reference: torch.Tensor, ours: torch.Tensor, mask: torch.Tensor) -> d
     return {
         "corr_median": correlation.median().item(),
         "corr_mean": correlation.mean().item(),
+        "corr_p01": correlation.quantile(0.01).item(),
         "corr_p05": correlation.quantile(0.05).item(),
         "l1_median": relative_l1.median().item(),
         "l1_mean": relative_l1.mean().item(),
@@ -108,6 +112,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile on CPU")
     parser.add_argument("--no-eager-cpu", action="store_true", help="skip the (slow) eager CPU timing")
     parser.add_argument("--window", type=int, default=None, help="override the torch backend's window")
+    parser.add_argument("--no-geometry", action="store_true", help="skip the parity table on generated geometry")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     options = {} if args.window is None else {"window": args.window}
@@ -122,20 +127,23 @@ def main() -> None:
 
     rows: list[tuple[str, int, float, float | None]] = []
     cpu_sync: Callable[[], None] = lambda: None  # noqa: E731
+    window_options = {"search": "window", "normal_orientation": "camera", **options}
 
-    # Open3D and the default torch path are timed in alternating rounds, so that a noisy neighbour slows both
-    # alike; the speed-up is the median of the per-round ratios.
+    # Open3D and the torch CPU paths are timed in alternating rounds, so that a noisy neighbour slows all alike;
+    # the speed-up is the median of the per-round ratios.
     start = time.perf_counter()
     compute_fpfh(clouds[:1], backend="torch", **options)
+    compute_fpfh(clouds[:1], backend="torch", **window_options)
     first_call = time.perf_counter() - start
     reference = compute_fpfh(clouds, backend="open3d")
-    kernel_out = compute_fpfh(clouds, backend="torch", **options)
-    rounds: dict[str, list[float]] = {"open3d": [], "single": [], "batch": []}
+    kernel_out = compute_fpfh(clouds, backend="torch", search="window", **options)
+    rounds: dict[str, list[float]] = {"open3d": [], "single": [], "batch": [], "window": []}
     for _ in range(args.repeats):
         for key, run in (
             ("open3d", lambda: compute_fpfh(clouds, backend="open3d")),
             ("single", lambda: [compute_fpfh(cloud[None], backend="torch", **options) for cloud in clouds]),
             ("batch", lambda: compute_fpfh(clouds, backend="torch", **options)),
+            ("window", lambda: compute_fpfh(clouds, backend="torch", **window_options)),
         ):
             start = time.perf_counter()
             run()
@@ -143,8 +151,9 @@ def main() -> None:
     open3d_per_cloud = float(np.median(rounds["open3d"]))
     rows.append(("open3d (CPU)", args.batch, open3d_per_cloud, None))
     for key, batch, label in (
-        ("single", 1, f"torch, fused CPU kernels (default; first call {first_call:.1f} s)"),
-        ("batch", args.batch, "torch, fused CPU kernels (default)"),
+        ("single", 1, f"torch, k-NN kernels (default; first calls {first_call:.1f} s)"),
+        ("batch", args.batch, "torch, k-NN kernels (default)"),
+        ("window", args.batch, "torch, window kernels (search='window')"),
     ):
         ratios = [o / k for o, k in zip(rounds["open3d"], rounds[key], strict=True)]
         rows.append((label, batch, float(np.median(rounds[key])), float(np.median(ratios))))
@@ -152,80 +161,134 @@ def main() -> None:
     graph_out = None
     if not args.no_eager_cpu:
         eager_time, graph_out = timed(
-            lambda: compute_fpfh(clouds[:2], backend="torch", cpu_kernel=False, **options), 1, cpu_sync
+            lambda: compute_fpfh(clouds[:2], backend="torch", cpu_kernel=False, search="window", **options),
+            1,
+            cpu_sync,
         )
-        rows.append(("torch graph, eager (CPU)", 2, eager_time / 2, None))
+        rows.append(("torch window graph, eager (CPU)", 2, eager_time / 2, None))
 
     compiled_out = None
     if not args.no_compile:
         for batch in sorted({1, args.batch}):
             start = time.perf_counter()
-            compute_fpfh(clouds[:batch], backend="torch", compile=True, **options)
+            compute_fpfh(clouds[:batch], backend="torch", compile=True, search="window", **options)
             compile_time = time.perf_counter() - start
             elapsed, out = timed(
-                lambda b=batch: compute_fpfh(clouds[:b], backend="torch", compile=True, **options),
+                lambda b=batch: compute_fpfh(clouds[:b], backend="torch", compile=True, search="window", **options),
                 args.repeats,
                 cpu_sync,
             )
-            rows.append((f"torch compiled (CPU, first call {compile_time:.0f} s)", batch, elapsed / batch, None))
+            rows.append(
+                (f"torch window graph compiled (CPU, first call {compile_time:.0f} s)", batch, elapsed / batch, None)
+            )
             if batch == args.batch:
                 compiled_out = out
 
     if torch.cuda.is_available():
         gpu = clouds.cuda()
-        for compile_flag in (False, True):
+        for label, extra in (
+            ("k-NN brute force", {}),
+            ("window, eager", {"search": "window"}),
+            ("window, compiled", {"search": "window", "compile": True}),
+        ):
             for batch in sorted({1, args.batch}):
                 elapsed, _ = timed(
-                    lambda b=batch, c=compile_flag: compute_fpfh(gpu[:b], backend="torch", compile=c, **options),
+                    lambda b=batch, e=extra: compute_fpfh(gpu[:b], backend="torch", **{**options, **e}),
                     max(args.repeats, 5),
                     torch.cuda.synchronize,
                 )
-                name = f"torch {'compiled' if compile_flag else 'eager'} ({torch.cuda.get_device_name()})"
-                rows.append((name, batch, elapsed / batch, None))
+                rows.append((f"torch {label} ({torch.cuda.get_device_name()})", batch, elapsed / batch, None))
 
     print("| backend | batch | ms / cloud | speed-up vs Open3D |")
     print("|---|---:|---:|---:|")
     for name, batch, per_cloud, ratio in rows:
         speed_up = open3d_per_cloud / per_cloud if ratio is None else ratio
         print(f"| {name} | {batch} | {per_cloud * 1000:.1f} | {speed_up:.1f}× |")
-    print(f"\n(median of {args.repeats} alternating rounds; fused-kernel speed-ups are medians of per-round ratios)")
+    print(f"\n(median of {args.repeats} alternating rounds; CPU-kernel speed-ups are medians of per-round ratios)")
 
     margin = (options.get("window", 11)) // 2
     interior = interior_mask(clouds, margin)
     valid = (clouds != 0).all(dim=1)
     configs: list[tuple[str, torch.Tensor]] = []
-    if compiled_out is not None:
-        configs.append(("defaults (camera normals, fast selection), compiled", compiled_out))
-    for label, extra in (
-        ("defaults (camera normals, fast selection)", {}),
-        ("normal_orientation='open3d'", {"normal_orientation": "open3d"}),
-        ("open3d normals + selection='exact'", {"normal_orientation": "open3d", "selection": "exact"}),
-        ("open3d normals + window=15", {"normal_orientation": "open3d", "window": 15, "normal_window": 9}),
-    ):
+    for label, extra in TORCH_CONFIGS:
         configs.append((label, compute_fpfh(clouds, backend="torch", **{**options, **extra})))
+    if compiled_out is not None:
+        configs.append(("window, camera normals, compiled", compiled_out))
     if graph_out is not None:
-        configs.append(("defaults, torch graph (cpu_kernel=False) [2 clouds]", graph_out))
+        configs.append(("window, camera normals, torch graph (cpu_kernel=False) [2 clouds]", graph_out))
 
-    print("\n| torch configuration | points | corr. median | corr. mean | corr. p05 | rel. L1 median | rel. L1 mean |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(f"\n{PARITY_HEADER}\n|---|---|---:|---:|---:|---:|---:|---:|")
     for label, out in configs:
         count = out.shape[0]
         for region, mask in (("all valid", valid[:count]), (f"interior (≥{margin} px)", interior[:count])):
-            stats = parity(reference[:count], out.cpu(), mask)
-            print(
-                f"| {label} | {region}, {stats['points']} | {stats['corr_median']:.4f} | {stats['corr_mean']:.4f} | "
-                f"{stats['corr_p05']:.4f} | {stats['l1_median']:.4f} | {stats['l1_mean']:.4f} |"
-            )
+            print(parity_row(label, region, parity(reference[:count], out.cpu(), mask)))
 
     if graph_out is not None:
         count = graph_out.shape[0]
         stats = parity(graph_out, kernel_out[:count], valid[:count])
         off = (kernel_out[:count] - graph_out).abs().amax(dim=1)[valid[:count]]
         print(
-            f"\nFused kernels vs torch graph (defaults, {count} clouds): corr. median {stats['corr_median']:.6f}, "
+            f"\nWindow kernels vs window torch graph ({count} clouds): corr. median {stats['corr_median']:.6f}, "
             f"p05 {stats['corr_p05']:.6f}; points off by > 1e-3: {float((off > 1e-3).float().mean()):.2%}, "
             f"> 1: {float((off > 1).float().mean()):.2%} (pair features within float32 rounding of a bin edge)"
         )
+
+    if not args.no_geometry:
+        geometry_parity(args.size, options)
+
+
+TORCH_CONFIGS: tuple[tuple[str, dict[str, object]], ...] = (
+    ("k-NN, Open3D normal signs (default)", {}),
+    ("k-NN, camera normals", {"normal_orientation": "camera"}),
+    ("window 11/7, camera normals, fast (old default)", {"search": "window", "normal_orientation": "camera"}),
+    ("window 11/7, Open3D normal signs", {"search": "window"}),
+    ("window 15/9, Open3D signs, exact", {"search": "window", "window": 15, "normal_window": 9, "selection": "exact"}),
+)
+"""Torch configurations compared with Open3D."""
+
+PARITY_HEADER = (
+    "| torch configuration | points | corr. p01 | corr. p05 | corr. median | corr. mean | rel. L1 median | "
+    "rel. L1 mean |"
+)
+
+GEOMETRIES: tuple[tuple[str, int | tuple[int, int]], ...] = (
+    ("bagel", 320),
+    ("ring45", 320),
+    ("ring60", 320),
+    ("ring80", 320),
+    ("dome", 320),
+    ("box", 320),
+    ("bagel", (240, 320)),
+    ("ring60", (320, 240)),
+)
+"""Generated geometry (shape, sensor size), resized with nearest to the working size as BTM does."""
+
+
+def parity_row(label: str, region: str, stats: dict[str, float]) -> str:
+    """One Markdown row of :data:`PARITY_HEADER`."""
+    return (
+        f"| {label} | {region}, {stats['points']} | {stats['corr_p01']:.4f} | {stats['corr_p05']:.4f} | "
+        f"{stats['corr_median']:.4f} | {stats['corr_mean']:.4f} | {stats['l1_median']:.4f} | {stats['l1_mean']:.4f} |"
+    )
+
+
+def geometry_parity(size: int, options: dict[str, object]) -> None:
+    """Per-point parity with Open3D on steep walls, a dome, a tilted box and resized non-square sensors."""
+    from anomalib_btm.data.synthetic import render_sample
+
+    print(
+        f"\nGenerated geometry (anomalib_btm.data.synthetic, one good sample each, resized to {size}² with nearest):"
+        f"\n\n| geometry | {PARITY_HEADER[2:]}\n|---|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    for shape, sensor in GEOMETRIES:
+        xyz = torch.from_numpy(render_sample(sensor, seed=3, shape=shape).xyz).permute(2, 0, 1)[None]
+        xyz = F.interpolate(xyz, size=(size, size), mode="nearest")
+        reference = compute_fpfh(xyz, backend="open3d")
+        valid = (xyz != 0).all(dim=1)
+        name = f"{shape} {sensor if isinstance(sensor, int) else '×'.join(map(str, sensor))}"
+        for label, extra in TORCH_CONFIGS[:4]:
+            ours = compute_fpfh(xyz, backend="torch", **{**options, **extra})
+            print(f"| {name} " + parity_row(label, "all valid", parity(reference, ours, valid)))
 
 
 if __name__ == "__main__":
