@@ -436,15 +436,16 @@ def _count_below(values: np.ndarray, m: int, threshold: float) -> int:
 
 
 def _cell_size(organized: np.ndarray, points: np.ndarray, k: int) -> float:
-    """Grid cell edge from the median pixel spacing of the organized cloud ``(H, W, 3)`` (speed only)."""
-    valid = (organized != 0).all(axis=-1)
+    """Grid cell edge from the median pixel spacing of the organized cloud ``(H, W, 3)`` (speed only).
+
+    The spacing is sampled on every 8th row and column (a median needs no more).
+    """
     steps = []
-    for a, b, both in (
-        (organized[:, 1:], organized[:, :-1], valid[:, 1:] & valid[:, :-1]),
-        (organized[1:], organized[:-1], valid[1:] & valid[:-1]),
-    ):
+    for a, b in ((organized[::8, 1:], organized[::8, :-1]), (organized[1:, ::8], organized[:-1, ::8])):
+        both = (a != 0).all(axis=-1) & (b != 0).all(axis=-1)
         if both.any():
-            steps.append(np.linalg.norm((a - b)[both], axis=-1))
+            difference = a[both] - b[both]
+            steps.append(np.sqrt((difference * difference).sum(axis=-1)))
     extent = points.max(axis=0) - points.min(axis=0)
     if steps:
         spacing = float(np.median(np.concatenate(steps)))
