@@ -7,11 +7,13 @@
 ``(0, 0, 0)``) to a ``(B, 33, H, W)`` map of Fast Point Feature Histograms, with zeros at missing
 points. Two backends:
 
-* ``"torch"`` (default): Open3D's definition on the organized grid (neighbours are searched in a
-  fixed pixel window), batched, device agnostic and exportable to ONNX / OpenVINO; float32 CPU input
-  runs through fused Numba kernels (:mod:`anomalib_btm.features.fpfh_numba`), 22-25× faster
-  than Open3D on 2 cores. BTM's detection metrics equal Open3D's within 0.01 (package README). See
-  :mod:`anomalib_btm.features.fpfh_torch` for the differences to Open3D.
+* ``"torch"`` (default): Open3D's definition and, with ``search="knn"`` (default), Open3D's neighbourhoods —
+  the exact k nearest valid points, found on a voxel grid by fused Numba kernels
+  (:mod:`anomalib_btm.features.fpfh_knn`; brute force in torch on CUDA) — and Open3D's normal signs, so the
+  descriptors are Open3D's up to float32 rounding. ``search="window"`` searches a fixed pixel window of the
+  organized grid instead: the fixed-shape graph that ``torch.compile`` and ONNX / OpenVINO export use
+  (:mod:`anomalib_btm.features.fpfh_torch`, with its own fused CPU kernels in
+  :mod:`anomalib_btm.features.fpfh_numba`). Speeds: ``benchmarks/fpfh.py`` and the package README.
 * ``"open3d"`` (reference): the valid points of each cloud go through Open3D's
   ``estimate_normals`` (hybrid search, radius ``2 * voxel_size``, 30 neighbours) and
   ``compute_fpfh_feature`` (radius ``5 * voxel_size``, 100 neighbours), exactly as Back to the
@@ -150,15 +152,17 @@ def compute_fpfh(
     Args:
         xyz: Organized clouds of shape ``(B, 3, H, W)``, floating point, in metres. Missing points are
             exactly ``(0, 0, 0)``; a point is valid iff all three coordinates are non-zero.
-        backend: ``"torch"`` (default; organized-grid implementation, batched, runs on the device of ``xyz``,
-            exports to ONNX) or ``"open3d"`` (reference, CPU, as in BTF).
+        backend: ``"torch"`` (default; batched, runs on the device of ``xyz``: Open3D's k-nearest neighbourhoods
+            with fused CPU kernels or brute force on CUDA, or pixel windows that export to ONNX) or ``"open3d"``
+            (reference, CPU, as in BTF).
         voxel_size: Scale of the search radii: normals use ``2 * voxel_size`` and at most 30 neighbours,
             FPFH ``5 * voxel_size`` and at most 100 neighbours (BTF: 0.05 with metres).
         **torch_options: Options of the torch backend only, passed to
-            :func:`anomalib_btm.features.fpfh_torch.fpfh_torch`: ``window`` (11), ``normal_window`` (7),
-            ``normal_orientation`` (``"camera"`` or ``"open3d"``), ``selection`` (``"fast"`` or ``"exact"``),
-            ``passes``, ``max_nn``, ``normal_max_nn``, ``compile`` (``torch.compile`` the stages),
-            ``batch_chunk`` and ``cpu_kernel`` (``False``: the torch graph instead of the fused CPU kernels).
+            :func:`anomalib_btm.features.fpfh_torch.fpfh_torch`: ``search`` (``"knn"``: Open3D's neighbourhoods,
+            default; ``"window"``: pixel windows, the exportable graph), ``normal_orientation`` (``"open3d"``,
+            default, or ``"camera"``), ``max_nn``, ``normal_max_nn``, ``batch_chunk``, ``cpu_kernel`` (``False``:
+            torch instead of the fused CPU kernels) and, for ``search="window"``, ``window`` (11),
+            ``normal_window`` (7), ``selection`` (``"fast"`` or ``"exact"``), ``passes`` and ``compile``.
 
     Returns:
         Float32 tensor ``(B, 33, H, W)`` on the device of ``xyz``: the FPFH of each valid point (each
