@@ -94,7 +94,7 @@ def test_torch_options_are_the_keyword_options_of_fpfh_torch() -> None:
 
 
 def test_xyz_branch_passes_its_options_to_the_torch_fpfh() -> None:
-    options = {"window": 5, "normal_window": 3, "normal_orientation": "open3d", "selection": "exact"}
+    options = {"search": "window", "window": 5, "normal_window": 3, "selection": "exact"}
     branch = XYZBranch(fpfh_backend="torch", fpfh_options=options)
     xyz = make_cloud(56, seed=2)[None]
     expected = branch.pool(compute_fpfh(xyz, backend="torch", **options), (28, 28))
