@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from anomalib_btm.data.synthetic import render_sample
 from anomalib_btm.features import compute_fpfh
 from anomalib_btm.features.fpfh_knn import knn_search, knn_search_torch
+from anomalib_btm.features.fpfh_torch import FPFHTorch
 from tests.features.test_fpfh import make_cloud, per_point_correlation
 
 
@@ -157,3 +160,16 @@ def test_knn_camera_orientation_and_small_radius() -> None:
     reference = compute_fpfh(xyz, backend="open3d", voxel_size=0.0002)
     assert torch.equal((small == 0).all(dim=1), (reference == 0).all(dim=1))
     assert (small == 0).all(dim=1)[valid].any()
+
+
+def test_a_knn_module_exports_the_window_graph(tmp_path: Path) -> None:
+    # k-NN neighbourhoods are not a fixed-shape graph: exporting FPFHTorch(search="knn") traces the pixel-window
+    # graph with the same options, which OpenVINO runs.
+    from tests.features.test_fpfh import _export_to_openvino
+
+    module = FPFHTorch(window=5, normal_window=3, cpu_kernel=False).eval()  # search="knn" by default
+    cloud = make_cloud(32, seed=7)[None]
+    run = _export_to_openvino(module, cloud, tmp_path)
+    window = FPFHTorch(search="window", window=5, normal_window=3, cpu_kernel=False)(cloud)
+    torch.testing.assert_close(run(cloud), window, rtol=1e-4, atol=1e-3)
+    assert not torch.allclose(module(cloud), window)  # eagerly the module computes the k-NN descriptors
