@@ -76,6 +76,7 @@ def patchcore(backbone: dict[str, object]) -> object:
         coreset_sampling_ratio=0.1,
         pre_processor=BTM.configure_pre_processor(),
         evaluator=BTM.configure_evaluator(),
+        visualizer=False,
     )
     if isinstance(weights, str):
         load_backbone_weights(model.model.feature_extractor.feature_extractor, weights, str(backbone["backbone"]))
@@ -102,7 +103,8 @@ def evaluate(
     if config.get("model") == "patchcore":
         model = patchcore(backbone)
     else:
-        kwargs = {**backbone, "fpfh_backend": args.fpfh_backend, "fpfh_options": args.fpfh_options}
+        # No visualizer: overlay images cost time and change no metric.
+        kwargs = {**backbone, "fpfh_backend": args.fpfh_backend, "fpfh_options": args.fpfh_options, "visualizer": False}
         model = BTM(**{**kwargs, **config, **args.model_args})
     engine = Engine(default_root_dir=work / "results", logger=False, enable_progress_bar=False, accelerator="auto")
     engine.fit(model=model, datamodule=datamodule)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from anomalib.deploy.export import CompressionType
 from anomalib_btm import BTM
 from anomalib_btm.deploy import BTMInferencer
 from anomalib_btm.deploy.inferencer import F32_CONFIG, load_image
+from anomalib_btm.features.fpfh_torch import fpfh_torch
 from anomalib_btm.models.btm.export import BTMExportModule, export_input_names
 from tests.conftest import small_datamodule
 
@@ -79,7 +81,9 @@ def test_open3d_models_export_with_open3d_normal_signs_and_a_warning(caplog: pyt
     assert module.fpfh is not None
     assert module.fpfh.normal_orientation == "open3d"
     assert "fpfh_backend='open3d'" in caplog.text
-    assert BTMExportModule(_fitted_stub("xyz")).fpfh.normal_orientation == "camera"  # type: ignore[union-attr]
+    # A torch-backend model exports the torch FPFH's own default orientation.
+    default = inspect.signature(fpfh_torch).parameters["normal_orientation"].default
+    assert BTMExportModule(_fitted_stub("xyz")).fpfh.normal_orientation == default  # type: ignore[union-attr]
 
 
 def test_the_exported_fpfh_uses_the_models_torch_options() -> None:
