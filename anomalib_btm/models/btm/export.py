@@ -119,6 +119,14 @@ class BTMExportModule(nn.Module):
             }
             if backend == "open3d":
                 graph_options["normal_orientation"] = "open3d"
+            elif graph_options.get("search", "knn") == "knn":
+                logger.warning(
+                    "This BTM computes FPFH over Open3D's exact k-nearest neighbourhoods (search='knn'), which is not "
+                    "a fixed-shape graph: the exported graph uses pixel-window neighbourhoods (search='window', "
+                    "window %s) and scores differ slightly from the PyTorch model's. Fit with "
+                    "fpfh_options={'search': 'window'} to export the exact computation.",
+                    graph_options.get("window", 11),
+                )
             self.fpfh = FPFHTorch(voxel_size=self.xyz_branch.voxel_size, **graph_options)
         self.scorer = model.scorer
         self.anomaly_map_generator = model.anomaly_map_generator
