@@ -547,7 +547,10 @@ def _spfh_rows(
             hy[m] = normals[s, 1]
             hz[m] = normals[s, 2]
             m += 0 if s == q else 1
-        for j in range(m):  # pair features, vectorised over the neighbours
+        # Pair features: the arithmetic of fpfh_numba._spfh_rows, written out again on purpose: an njit helper that
+        # returns the three features as a tuple stops LLVM vectorising both loops (measured: window kernels 153 ->
+        # 314 ms, k-NN kernels 225 -> 300 ms per cloud, one thread).
+        for j in range(m):
             dx, dy, dz = gx[j], gy[j], gz[j]
             n2x, n2y, n2z = hx[j], hy[j], hz[j]
             s = dx * dx + dy * dy + dz * dz
