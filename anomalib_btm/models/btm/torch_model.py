@@ -134,6 +134,9 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         feature_upsampling (str): How the deeper RGB feature maps reach the patch grid: ``"adaptive_avg_pool"``
             (BTF's resize, 14 → 28 replicates values; the paper's setting) or ``"bilinear"`` (PatchCore's
             ``F.interpolate(mode="bilinear", align_corners=False)``). ``preset="btf"`` keeps BTF's pooling.
+        defer_weights (bool): Build the backbone with random weights and fetch the ``pre_trained`` weights only on
+            :meth:`load_pretrained_weights` or the first training-mode forward (see
+            :class:`~anomalib_btm.models.btm.feature_branches.RGBBranch`); a loaded state_dict supplies them instead.
 
     Example:
         >>> model = BTMModel(pre_trained=False, modality="rgb")
@@ -161,6 +164,7 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         store_dtype: str = "float32",
         fpfh_options: dict[str, Any] | None = None,
         feature_upsampling: str = "adaptive_avg_pool",
+        defer_weights: bool = False,
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:
@@ -179,7 +183,14 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         self.preset = preset
         self.feature_upsampling = feature_upsampling
         self.rgb_branch = (
-            RGBBranch(backbone, layers, pre_trained, patch_padding=not btf, feature_upsampling=feature_upsampling)
+            RGBBranch(
+                backbone,
+                layers,
+                pre_trained,
+                patch_padding=not btf,
+                feature_upsampling=feature_upsampling,
+                defer_weights=defer_weights,
+            )
             if modality != "xyz"
             else None
         )
@@ -199,6 +210,17 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         self._modality_code: torch.Tensor
         self.register_buffer("_modality_code", torch.tensor(_MODALITY_CODES.get(modality, 0)))
         self.embedding_store = EmbeddingStore(store_dtype)
+
+    def load_pretrained_weights(self) -> bool:
+        """Load the RGB backbone's ``pre_trained`` weights if they are still pending (see ``defer_weights``).
+
+        Returns:
+            bool: Whether weights were loaded now.
+
+        Raises:
+            PretrainedWeightsError: If they cannot be obtained (one line naming ``pre_trained`` and the offline fixes).
+        """
+        return self.rgb_branch.load_pretrained_weights() if self.rgb_branch is not None else False
 
     @property
     def resolved_modality(self) -> str | None:
@@ -269,6 +291,8 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         Raises:
             ValueError: If scoring is asked before the memory bank is built.
         """
+        if self.training:
+            self.load_pretrained_weights()  # collecting a memory bank: the backbone must hold the asked-for weights
         embedding = self.extract(image, xyz)
         if self.training:
             flat = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1]).detach()
