@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         read_depth,
         read_xyz,
         validate_xyz,
+        verify_sample_files,
         write_xyz,
     )
     from anomalib_btm.data.synthetic import (
@@ -54,6 +55,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "read_depth",
         "read_xyz",
         "validate_xyz",
+        "verify_sample_files",
         "write_xyz",
     ),
     "anomalib_btm.data.background": (
@@ -83,6 +85,7 @@ __all__ = [
     "render_sample",
     "sample_seed",
     "validate_xyz",
+    "verify_sample_files",
     "write_xyz",
 ]
 

@@ -39,7 +39,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from anomalib_btm.data.depth import check_metric_units, check_sample_files
+from anomalib_btm.data.depth import check_metric_units, verify_sample_files
 from anomalib_btm.visualize import BTMVisualizer
 
 from .export import check_compression, export_onnx, quantize_ptq
@@ -67,7 +67,10 @@ class BTM(MemoryBankMixin, AnomalibModule):
         backbone (str): timm backbone of the RGB branch. Defaults to ``"wide_resnet50_2"``.
         layers (Sequence[str]): Backbone layers. Defaults to ``("layer2", "layer3")``.
         pre_trained (bool | str): ImageNet weights (``True``), random weights (``False``) or the path of a local
-            weights file (a ``torch.save``d state_dict of the timm model or its ``features_only`` variant).
+            weights file (a ``torch.save``d state_dict of the timm model or its ``features_only`` variant). Fetched
+            when a fit starts, never at construction: a model restored from a checkpoint (``anomalib test/export/predict
+            --ckpt_path``, ``load_from_checkpoint``) takes its backbone from the checkpoint and downloads nothing. A
+            fit whose weights cannot be obtained stops before any work with ``PretrainedWeightsError``.
         modality (str): ``"auto"`` (uses XYZ when batches carry a ``depth_map``), ``"rgb"``, ``"xyz"`` or
             ``"rgb+xyz"``. Defaults to ``"auto"``.
         coreset_sampling_ratio (float): Fraction of training patches kept in the memory bank. Defaults to ``0.1``.
@@ -154,6 +157,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
             preset=preset,
             store_dtype=store_dtype,
             feature_upsampling=feature_upsampling,
+            defer_weights=True,  # loaded in on_fit_start, unless a checkpoint supplies them
         )
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.max_bank_size = max_bank_size
@@ -238,26 +242,43 @@ class BTM(MemoryBankMixin, AnomalibModule):
         return batch.image, xyz
 
     def _check_files(self, *splits: str) -> None:
-        """Check the datamodule's RGB + XYZ files (headers only) before a run; see ``check_sample_files``.
+        """Decode the datamodule's RGB, XYZ and mask files completely before a run; see ``verify_sample_files``.
+
+        A damaged or missing file raises an error naming it and its split before the first batch. Files already
+        verified by this module (the test split, checked when the fit starts) are not decoded again.
 
         Args:
             *splits (str): Dataset attributes of the datamodule (``"train_data"``, ``"test_data"``...).
         """
-        if self.model.modality == "rgb":
-            return
         datamodule = getattr(self.trainer, "datamodule", None)
+        verified: set[str] = self.__dict__.setdefault("_verified_files", set())
         for split in splits:
             samples = getattr(getattr(datamodule, split, None), "samples", None)
-            if samples is None or "depth_path" not in getattr(samples, "columns", ()):
+            columns = getattr(samples, "columns", ())
+            if samples is None or "image_path" not in columns:
                 continue
-            check_sample_files(list(samples["image_path"]), list(samples["depth_path"]))
+            todo = samples[~samples["image_path"].astype(str).isin(verified)]
+            verify_sample_files(
+                list(todo["image_path"]),
+                list(todo["depth_path"]) if "depth_path" in columns else None,
+                list(todo["mask_path"]) if "mask_path" in columns else None,
+                split=split.removesuffix("_data"),
+                check_pairs=self.model.modality != "rgb",
+            )
+            verified.update(todo["image_path"].astype(str))
 
     def on_fit_start(self) -> None:
-        """Check the training and validation files before the first batch."""
-        self._check_files("train_data", "val_data")
+        """Before the first batch: the backbone's ``pre_trained`` weights, then every file of every split."""
+        self.model.load_pretrained_weights()  # no-op when a checkpoint supplied them (restored before this hook)
+        self.__dict__["_verified_files"] = set()
+        self._check_files("train_data", "val_data", "test_data")
 
     def on_test_start(self) -> None:
         """Check the test files before the first batch."""
+        self._check_files("test_data")
+
+    def on_predict_start(self) -> None:
+        """Check the datamodule's prediction files (its test split) before the first batch."""
         self._check_files("test_data")
 
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
