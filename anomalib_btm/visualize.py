@@ -26,7 +26,7 @@ from anomalib.visualization import ImageVisualizer
 
 from anomalib_btm.data.depth import atomic_write
 
-__all__ = ["anomaly_colors", "save_figure", "save_ply"]
+__all__ = ["anomaly_colors", "display_images", "save_figure", "save_ply"]
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
@@ -317,13 +317,65 @@ def save_figure(
     return path
 
 
+def _normalization(pl_module: Any) -> tuple[Any, Any] | None:
+    """``(mean, std)`` of the first ``Normalize`` in the module's pre-processor transform, or ``None``."""
+    from torchvision.transforms import v2
+
+    transform = getattr(getattr(pl_module, "pre_processor", None), "transform", None)
+    pending = [transform]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, v2.Normalize):
+            return current.mean, current.std
+        pending.extend(getattr(current, "transforms", []) or [])
+    return None
+
+
+def display_images(images: Any, image_paths: Sequence[Any] | None, size: Sequence[int], pl_module: Any = None) -> Any:
+    """The input images in their true colours at ``size``, as ``(N, 3, h, w)`` floats in ``[0, 1]``.
+
+    Each image is read from its file, as anomalib's visualizer does; an item without a readable file gets its
+    pre-processed tensor with the pre-processor's ``Normalize`` inverted exactly (``x * std + mean``) — not a min-max
+    stretch, which shifts colours.
+
+    Args:
+        images (Any): ``(N, 3, H, W)`` pre-processed batch images (torch).
+        image_paths (Sequence[Any] | None): The items' image files, or ``None``.
+        size (Sequence[int]): Output ``(h, w)``.
+        pl_module (Any): The model, whose ``pre_processor`` tells the normalisation (ImageNet's when absent).
+
+    Returns:
+        Any: ``(N, 3, h, w)`` torch tensor in ``[0, 1]``.
+    """
+    import torch
+    from PIL import Image
+    from torch.nn import functional as F
+
+    height, width = int(size[0]), int(size[1])
+    images = images.detach().float().cpu()
+    stats = _normalization(pl_module) if pl_module is not None else None
+    mean, std = stats if stats is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+    restored = F.interpolate((images * std_t + mean_t).clamp(0.0, 1.0), size=(height, width), mode="bilinear")
+    for index, path in enumerate(image_paths or []):
+        if not path or not Path(str(path)).is_file():
+            continue
+        with Image.open(str(path)) as picture:
+            resized = picture.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+        restored[index] = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return restored.clamp(0.0, 1.0)
+
+
 class BTMVisualizer(ImageVisualizer):
     """anomalib's image visualizer that can also write 3D heat maps (PLY) of depth batches.
 
-    The 2D overlays are anomalib's. With ``save_ply=True``, each test item that carries a ``depth_map`` also gets
-    ``<images dir>/ply/<same relative path>.ply``: the valid points of the cloud (brought to the anomaly map's size
-    with nearest interpolation) coloured by the post-processed anomaly score on a fixed ``[0, 1]`` scale, so colours
-    compare across images (0.5 is the threshold), plus ``<stem>_rgb.ply`` in the image's colours.
+    The 2D overlays are anomalib's (the image read from ``image_path``; items without one get the pre-processed image
+    with the normalisation inverted exactly). With ``save_ply=True``, each test item that carries a ``depth_map`` also
+    gets ``<images dir>/ply/<same relative path>.ply``: the valid points of the cloud (brought to the anomaly map's
+    size with nearest interpolation) coloured by the post-processed anomaly score on a fixed ``[0, 1]`` scale, so
+    colours compare across images (0.5 is the threshold), plus ``<stem>_rgb.ply`` in the image's true colours (read
+    from ``image_path``, see :func:`display_images`).
 
     Args:
         save_ply (bool): Write PLY heat maps. Defaults to ``False``.
@@ -357,7 +409,12 @@ class BTMVisualizer(ImageVisualizer):
             batch_idx (int): Batch index.
             dataloader_idx (int): Dataloader index.
         """
-        super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        paths = getattr(batch, "image_path", None)
+        shown = batch
+        if batch.image is not None and (paths is None or not all(paths)):
+            restored = display_images(batch.image, paths, batch.image.shape[-2:], pl_module)
+            shown = batch.update(in_place=False, image=restored)
+        super().on_test_batch_end(trainer, pl_module, outputs, shown, batch_idx, dataloader_idx)
         depth = getattr(batch, "depth_map", None)
         if not self.save_ply or depth is None or batch.anomaly_map is None:
             return
@@ -370,7 +427,7 @@ class BTMVisualizer(ImageVisualizer):
         maps = batch.anomaly_map.detach().float().cpu()
         maps = maps if maps.dim() == 4 else maps.unsqueeze(1)
         xyz = resize_xyz(torch.as_tensor(depth).float().cpu(), tuple(maps.shape[-2:]))
-        images = batch.image.detach().float().cpu()
+        images = display_images(batch.image, paths, maps.shape[-2:], pl_module)
         for index in range(xyz.shape[0]):
             source = batch.image_path[index] if batch.image_path is not None else f"{batch_idx:04d}_{index:02d}.png"
             filename = generate_output_filename(
@@ -380,7 +437,6 @@ class BTMVisualizer(ImageVisualizer):
                 category=getattr(datamodule, "category", None),
             ).with_suffix(".ply")
             rgb = images[index]
-            rgb = (rgb - rgb.amin()) / (rgb.amax() - rgb.amin()).clamp_min(1e-12)  # undo normalisation for display
             if not bool((xyz[index] != 0).all(dim=0).any()):
                 continue
             save_ply(xyz[index], maps[index, 0], filename, rgb=rgb, vmin=0.0, vmax=1.0)

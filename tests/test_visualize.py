@@ -142,3 +142,59 @@ def test_figure_errors(tmp_path: Path, sample: RenderedSample) -> None:
     with pytest.raises(ValueError, match="anomaly_map contains NaN"):
         save_figure(sample.rgb, sample.xyz, np.full_like(score, np.nan), tmp_path / "fig.png")
     assert not list(tmp_path.iterdir())
+
+
+def _read_ply_colours(path: Path) -> np.ndarray:
+    """``(N, 3)`` uint8 vertex colours of a binary PLY written by :func:`save_ply`."""
+    data = path.read_bytes()
+    head, body = data.split(b"end_header\n", 1)
+    names = [line.split()[-1] for line in head.decode().splitlines() if line.startswith("property")]
+    kinds = {"red": "u1", "green": "u1", "blue": "u1"}
+    vertices = np.frombuffer(body, dtype=[(name, kinds.get(name, "<f4")) for name in names])
+    return np.stack([vertices["red"], vertices["green"], vertices["blue"]], axis=-1)
+
+
+def test_btm_visualizer_ply_and_overlay_keep_the_image_colours(small_root: Path, tmp_path: Path) -> None:
+    """The ``_rgb.ply`` shows the file's colours (not a min-max stretch of the normalised tensor), with or without
+    ``image_path`` (then the normalisation is inverted exactly)."""
+    from types import SimpleNamespace
+
+    import tifffile
+    from anomalib.data import DepthBatch
+
+    from anomalib_btm import BTM
+    from anomalib_btm.visualize import BTMVisualizer, display_images
+
+    rgb_path = sorted((small_root / "small" / "test" / "color" / "rgb").glob("*.png"))[0]
+    xyz_path = rgb_path.parents[1] / "xyz" / f"{rgb_path.stem}.tiff"
+    picture = Image.open(rgb_path).convert("RGB")
+    xyz = torch.from_numpy(tifffile.imread(xyz_path)).permute(2, 0, 1)[None].float()
+    size = (64, 64)  # the anomaly map's size: the PLY is written there
+    model = BTM(
+        backbone="resnet18", pre_trained=False, modality="rgb+xyz", pre_processor=BTM.configure_pre_processor(size)
+    )
+    raw = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    image = model.pre_processor.transform(raw)
+    batch = DepthBatch(
+        image=image,
+        depth_map=xyz,
+        anomaly_map=torch.rand(1, *size),
+        pred_score=torch.tensor([0.7]),
+        image_path=[str(rgb_path)],
+    )
+    trainer = SimpleNamespace(default_root_dir=tmp_path, datamodule=None)
+    BTMVisualizer(save_ply=True, output_dir=tmp_path / "images").on_test_batch_end(trainer, model, None, batch, 0)
+    written = sorted((tmp_path / "images" / "ply").rglob("*_rgb.ply"))
+    assert len(written) == 1
+    expected = np.asarray(picture.resize(size[::-1], Image.Resampling.BILINEAR)).reshape(-1, 3)
+    cloud = torch.nn.functional.interpolate(xyz, size=size, mode="nearest")[0].permute(1, 2, 0).reshape(-1, 3)
+    valid = (cloud != 0).all(dim=-1).numpy()
+    colours = _read_ply_colours(written[0]).astype(int)
+    assert np.abs(colours - expected[valid].astype(int)).max() <= 1
+    assert len(list((tmp_path / "images").rglob("*.png"))) == 1  # anomalib's 2D overlay
+
+    # Without image_path: Normalize inverted exactly, not stretched.
+    restored = display_images(image, None, image.shape[-2:], model)
+    torch.testing.assert_close(
+        restored, model.pre_processor.transform.transforms[0](raw).clamp(0, 1), atol=1e-5, rtol=0
+    )
