@@ -9,12 +9,13 @@ slopes, next to silhouettes and depth steps, or on clouds resized from non-squar
 real one:
 
 * :func:`knn_search` (CPU, Numba): a uniform voxel grid over the valid points (counting sort, points stored cell by
-  cell), queries processed cell by cell. A query scans the 3×3×3 block of cells around its own, keeps the ``k``
-  nearest candidates within the radius, and stops when the ``k``-th distance is no larger than the distance from
-  the query to the outside of the block (nothing outside can be nearer) or the block reaches past the radius; else
-  it grows the block by one cell in every direction and scans again. The result is exact (ties at the ``k``-th
-  distance are broken by storage order). The cell size follows the point spacing of the organized grid, so most
-  queries finish in the first block; it affects speed only, never the result.
+  cell), queries processed cell by cell. The points within a reach of the box around a cell's queries are copied
+  once into contiguous candidate arrays; each query of the cell computes its distances to all of them (one
+  vectorised loop), keeps the ``k`` nearest within the radius, and is done when the ``k``-th distance is within
+  the reach (nothing outside can be nearer) or the reach covers the radius; else its cell is gathered again with a
+  larger reach. The result is exact (ties at the ``k``-th distance are broken by storage order). The reach starts
+  from the previous cell's largest ``k``-th distance and the cell size follows the point spacing of the organized
+  grid: they affect speed only, never the result.
 * :func:`fpfh_knn_numba`: normals (Open3D's ``EstimateNormals`` neighbourhood: the ``normal_max_nn`` nearest within
   ``2 * voxel_size``, taken from the FPFH neighbour list when it contains them), SPFH and the ``1/d²``-weighted FPFH
   sum over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads, with the pair-feature
@@ -35,6 +36,7 @@ from numba import njit
 from anomalib_btm.features.fpfh_numba import (
     _ANGLE_SCALE,
     _F32,
+    _FLAGS,
     _HUNDRED,
     _JIT,
     _NUM_BINS,
@@ -51,15 +53,20 @@ from anomalib_btm.features.fpfh_numba import (
 
 __all__ = ["fpfh_knn_numba", "fpfh_knn_torch", "knn_search", "knn_search_torch"]
 
+_JIT_SUMS = {**_JIT, "fastmath": _FLAGS | {"reassoc"}}
+"""Float32 sums that LLVM may reorder, so that it vectorises them (the covariance of the normals)."""
+
 _CELL_FACTOR = 0.5
 """Grid cell edge relative to the estimated ``k``-th neighbour distance on a frontal surface (speed only)."""
 _MAX_CELLS_PER_POINT = 4
 """Cap of the grid's cell count relative to the number of points (coarser cells beyond it)."""
 _GROWTH = 1.5
 """Least growth of the search radius when a ball holds fewer than ``k`` points."""
-_MAX_STEP = 0.5
-"""The ball of a query reaches at most this fraction of the previous query's ``k``-th distance beyond it (queries
-far from the previous one, e.g. at the start of an image row, start smaller and grow)."""
+_REACH_MARGIN = 1.1
+"""A cell's queries are first gathered within this factor of the previous cell's largest ``k``-th distance."""
+_GAP = 16
+"""Grid columns at most this many storage positions apart are gathered as one run (the points in between too: one
+long vectorised copy is cheaper than many short ones)."""
 _SELECT_PASSES = 6
 """Counting passes of the k-th distance selection before the remaining bracket is selected exactly."""
 _SELECT_SMALL = 12
@@ -83,12 +90,12 @@ def _cell_of(value: float, origin: float, inv_cell: float, size: int) -> int:
 @njit(**_JIT)
 def _build_grid(
     points: np.ndarray, origin: np.ndarray, cell: float, dims: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Counting sort of ``points`` ``(N, 3)`` by grid cell (cells along z adjacent in memory).
 
     Returns:
-        ``start`` ``(cells + 1,)`` (first sorted position of each cell), the sorted coordinates ``(3, N)`` and the
-        point index of each sorted position.
+        ``start`` ``(cells + 1,)`` (first sorted position of each cell), the sorted coordinates ``(3, N)``, the
+        point index and the cell of each sorted position.
     """
     n = points.shape[0]
     nx, ny, nz = dims[0], dims[1], dims[2]
@@ -107,13 +114,15 @@ def _build_grid(
     fill = start[:-1].copy()
     sorted_xyz = np.empty((3, n), points.dtype)
     sorted_index = np.empty(n, np.int32)
+    sorted_cell = np.empty(n, np.int64)
     for i in range(n):
         s = fill[keys[i]]
         fill[keys[i]] += 1
         sorted_index[s] = i
+        sorted_cell[s] = keys[i]
         for a in range(3):
             sorted_xyz[a, s] = points[i, a]
-    return start, sorted_xyz, sorted_index
+    return start, sorted_xyz, sorted_index, sorted_cell
 
 
 @njit(**_JIT)
@@ -143,64 +152,6 @@ def _kth_smallest(values: np.ndarray, count: int, k: int) -> float:
 
 
 @njit(**_JIT)
-def _scan(
-    qx: float,
-    qy: float,
-    qz: float,
-    reach: float,
-    sorted_xyz: np.ndarray,
-    start: np.ndarray,
-    origin: np.ndarray,
-    cell: float,
-    dims: np.ndarray,
-    sorted_index: np.ndarray,
-    scanned: np.ndarray,
-    squared: np.ndarray,
-) -> tuple[int, bool]:
-    """Point indices and squared distances of every point in the grid columns that meet the ball of radius ``reach``.
-
-    The points of a column of cells between the ball's lowest and highest z cell are contiguous in storage; they
-    are written to ``scanned`` and ``squared`` one after the other. Every point within ``reach`` is among them (and
-    some further away).
-
-    Returns:
-        The number of points scanned and whether the ball's bounding box covers the whole grid.
-    """
-    inv = 1.0 / cell
-    nx, ny, nz = dims[0], dims[1], dims[2]
-    x0, x1 = _cell_of(qx - reach, origin[0], inv, nx), _cell_of(qx + reach, origin[0], inv, nx)
-    y0, y1 = _cell_of(qy - reach, origin[1], inv, ny), _cell_of(qy + reach, origin[1], inv, ny)
-    z0, z1 = _cell_of(qz - reach, origin[2], inv, nz), _cell_of(qz + reach, origin[2], inv, nz)
-    whole = (
-        qx - reach <= origin[0]
-        and qx + reach >= origin[0] + nx * cell
-        and qy - reach <= origin[1]
-        and qy + reach >= origin[1] + ny * cell
-        and qz - reach <= origin[2]
-        and qz + reach >= origin[2] + nz * cell
-    )
-    reach2 = reach * reach
-    sx, sy, sz = sorted_xyz[0], sorted_xyz[1], sorted_xyz[2]
-    m = 0
-    for ix in range(x0, x1 + 1):
-        low = origin[0] + ix * cell
-        gx = max(low - qx, qx - (low + cell), 0.0)
-        for iy in range(y0, y1 + 1):
-            low_y = origin[1] + iy * cell
-            gy = max(low_y - qy, qy - (low_y + cell), 0.0)
-            if gx * gx + gy * gy > reach2:  # the column misses the ball
-                continue
-            base = (ix * ny + iy) * nz
-            first, stop = start[base + z0], start[base + z1 + 1]
-            for s in range(first, stop):
-                dx, dy, dz = sx[s] - qx, sy[s] - qy, sz[s] - qz
-                squared[m + s - first] = dx * dx + dy * dy + dz * dz
-                scanned[m + s - first] = sorted_index[s]
-            m += stop - first
-    return m, whole
-
-
-@njit(**_JIT)
 def _largest_at_most(values: np.ndarray, m: int, threshold: float) -> float:
     """The largest of ``values[:m]`` that is at most ``threshold``."""
     largest = -1.0
@@ -219,34 +170,27 @@ def _count_at_most(values: np.ndarray, m: int, threshold: float) -> int:
 
 
 @njit(**_JIT)
-def _kth_distance(
-    values: np.ndarray, m: int, k: int, limit: float, guess: float, scratch: np.ndarray
-) -> tuple[float, int]:
-    """The ``take``-th smallest of ``values[:m]`` among those at most ``limit``, ``take = min(k, admissible)``.
+def _bracket(values: np.ndarray, m: int, k: int, limit: float, guess: float) -> tuple[float, int, float, int, int]:
+    """A bracket ``(low, high]`` around the ``take``-th smallest of ``values[:m]`` among those at most ``limit``.
 
-    Counting passes narrow a bracket ``(low, high]`` around it, starting from ``guess`` (the previous query's value);
-    the next threshold scales the last one by the wanted over the counted rank (the count of a surface grows
-    linearly with the squared distance), aiming a little past the rank to land on the other side. A pass that
-    counts exactly ``take`` values ends with their largest; else the few values left in the bracket are selected
-    exactly.
+    ``take = min(k, admissible)``. Counting passes (vectorised) narrow the bracket, starting from ``guess`` (the
+    previous query's value); the next threshold scales the last one by the wanted over the counted rank (the count
+    of a surface grows linearly with the squared distance), aiming a little past the rank to land on the other side.
+    They stop when the bracket holds few values or a pass counts exactly ``take`` (``high`` is then that threshold).
 
     Returns:
-        The value (``0`` when nothing is admissible) and ``take``.
+        ``low``, the count at most ``low``, ``high``, the count at most ``high`` and ``take``.
     """
     total = _count_at_most(values, m, limit)
     take = min(k, total)
-    if take == 0:
-        return 0.0, 0
     low, count_low = -1.0, 0
     high, count_high = limit, total
     threshold = guess if 0.0 < guess < limit else high
     for _ in range(_SELECT_PASSES):
-        if count_high - count_low <= _SELECT_SMALL:
+        if count_high - count_low <= _SELECT_SMALL or count_high == take:
             break
         count = _count_at_most(values, m, threshold)
-        if count == take:
-            return _largest_at_most(values, m, threshold), take
-        if count > take:
+        if count >= take:
             high, count_high = threshold, count
             target = take - _SELECT_MARGIN
         else:
@@ -255,6 +199,26 @@ def _kth_distance(
         threshold = threshold * target / max(count, 1)
         if not low < threshold < high:
             threshold = 0.5 * (max(low, 0.0) + high)
+    return low, count_low, high, count_high, take
+
+
+@njit(**_JIT)
+def _kth_distance(
+    values: np.ndarray, m: int, k: int, limit: float, guess: float, scratch: np.ndarray
+) -> tuple[float, int]:
+    """The ``take``-th smallest of ``values[:m]`` among those at most ``limit``, ``take = min(k, admissible)``.
+
+    The few values left in the :func:`_bracket` are selected exactly (a count of exactly ``take`` ends with their
+    largest).
+
+    Returns:
+        The value (``0`` when nothing is admissible) and ``take``.
+    """
+    low, count_low, high, count_high, take = _bracket(values, m, k, limit, guess)
+    if take == 0:
+        return 0.0, 0
+    if count_high == take:
+        return _largest_at_most(values, m, high), take
     size = 0
     for i in range(m):  # branch-free compaction
         value = values[i]
@@ -264,12 +228,159 @@ def _kth_distance(
 
 
 @njit(**_JIT)
+def _nearest(
+    values: np.ndarray,
+    index: np.ndarray,
+    m: int,
+    k: int,
+    limit: float,
+    guess: float,
+    scratch: np.ndarray,
+    found: np.ndarray,
+    found_squared: np.ndarray,
+) -> tuple[float, int]:
+    """The ``take`` smallest of ``values[:m]`` among those at most ``limit`` and their ``index``, in storage order.
+
+    ``take = min(k, admissible)``; ties at the ``take``-th value are broken by storage order. One branch-free
+    compaction copies the values up to the top of the :func:`_bracket` (a few more than ``take``) to ``found`` and
+    ``found_squared``; the ``take``-th value is selected among them and the excess dropped in place.
+
+    Returns:
+        The ``take``-th value (``0`` when nothing is admissible) and ``take``.
+    """
+    low, count_low, high, _, take = _bracket(values, m, k, limit, guess)
+    if take == 0:
+        return 0.0, 0
+    written = 0
+    for i in range(m):  # branch-free compaction
+        value = values[i]
+        found[written] = index[i]
+        found_squared[written] = value
+        written += 1 if value <= high else 0
+    if written == take:
+        return _largest_at_most(found_squared, written, high), take
+    size = 0
+    for j in range(written):
+        value = found_squared[j]
+        scratch[size] = value
+        size += 1 if value > low else 0
+    kth = _kth_smallest(scratch, size, take - count_low)
+    ties = take - _count_below(found_squared, written, kth)
+    kept = 0
+    for j in range(written):  # keep what is nearer than kth and the first ties at kth
+        value = found_squared[j]
+        tie = value == kth and ties > 0
+        ties -= 1 if tie else 0
+        found[kept] = found[j]
+        found_squared[kept] = value
+        kept += 1 if (value < kth or tie) else 0
+    return kth, take
+
+
+@njit(**_JIT)
+def _count_below(values: np.ndarray, m: int, threshold: float) -> int:
+    """How many of ``values[:m]`` are below ``threshold`` (vectorised)."""
+    count = 0
+    for i in range(m):
+        count += 1 if values[i] < threshold else 0
+    return count
+
+
+@njit(**_JIT)
+def _gather(
+    low: np.ndarray,
+    high: np.ndarray,
+    reach: float,
+    sorted_xyz: np.ndarray,
+    sorted_index: np.ndarray,
+    start: np.ndarray,
+    origin: np.ndarray,
+    cell: float,
+    dims: np.ndarray,
+    candidates: np.ndarray,
+    candidate_index: np.ndarray,
+) -> tuple[int, bool]:
+    """Coordinates and point indices of every stored point within ``reach`` of the box ``[low, high]`` (and more).
+
+    The points of a grid column between the lowest and highest z cell in reach are contiguous in storage, and the
+    columns are visited in storage order: columns at most :data:`_GAP` positions apart are copied as one run (the
+    points between them too). Columns farther than ``reach`` from the box (in x and y) are skipped. The copies go
+    to ``candidates`` ``(3, N)`` and ``candidate_index`` in storage order.
+
+    Returns:
+        The number of candidates and whether the box grown by ``reach`` covers the whole grid.
+    """
+    inv = 1.0 / cell
+    nx, ny, nz = dims[0], dims[1], dims[2]
+    x0, x1 = _cell_of(low[0] - reach, origin[0], inv, nx), _cell_of(high[0] + reach, origin[0], inv, nx)
+    y0, y1 = _cell_of(low[1] - reach, origin[1], inv, ny), _cell_of(high[1] + reach, origin[1], inv, ny)
+    z0, z1 = _cell_of(low[2] - reach, origin[2], inv, nz), _cell_of(high[2] + reach, origin[2], inv, nz)
+    whole = True
+    for a in range(3):
+        whole = whole and low[a] - reach <= origin[a] and high[a] + reach >= origin[a] + dims[a] * cell
+    # A column is skipped only when it is clearly out of reach (a margin for the rounding of the cell coordinates).
+    skip2 = reach * reach * (1.0 + 1e-6) + 1e-30
+    m = 0
+    run_first = run_stop = 0  # the current run of storage positions
+    for ix in range(x0, x1 + 1):
+        low_x = origin[0] + ix * cell
+        gx = max(low_x - high[0], low[0] - (low_x + cell), 0.0)
+        for iy in range(y0, y1 + 1):
+            low_y = origin[1] + iy * cell
+            gy = max(low_y - high[1], low[1] - (low_y + cell), 0.0)
+            if gx * gx + gy * gy > skip2:
+                continue
+            base = (ix * ny + iy) * nz
+            first, stop = start[base + z0], start[base + z1 + 1]
+            if first - run_stop > _GAP:
+                m = _copy_run(sorted_xyz, sorted_index, run_first, run_stop, candidates, candidate_index, m)
+                run_first = first
+            run_stop = stop
+    m = _copy_run(sorted_xyz, sorted_index, run_first, run_stop, candidates, candidate_index, m)
+    return m, whole
+
+
+@njit(**_JIT)
+def _copy_run(
+    sorted_xyz: np.ndarray,
+    sorted_index: np.ndarray,
+    first: int,
+    stop: int,
+    candidates: np.ndarray,
+    candidate_index: np.ndarray,
+    m: int,
+) -> int:
+    """Append storage positions ``first:stop`` to the candidates at ``m``; the new count."""
+    count = max(stop - first, 0)
+    # Slices and indices from 0: LLVM then knows no index is negative and vectorises (indexing with
+    # ``range(first, stop)`` keeps Numba's negative-index wraparound, which turns every load into a gather).
+    for a in range(3):
+        source, target = sorted_xyz[a, first:stop], candidates[a, m : m + count]
+        for t in range(count):
+            target[t] = source[t]
+    source_index, target_index = sorted_index[first:stop], candidate_index[m : m + count]
+    for t in range(count):
+        target_index[t] = source_index[t]
+    return m + count
+
+
+@njit(**_JIT)
+def _squared_distances(qx: float, qy: float, qz: float, candidates: np.ndarray, m: int, squared: np.ndarray) -> None:
+    """Squared distances of the first ``m`` candidates to the query (vectorised)."""
+    cx, cy, cz = candidates[0, :m], candidates[1, :m], candidates[2, :m]
+    out = squared[:m]
+    for t in range(m):
+        dx, dy, dz = cx[t] - qx, cy[t] - qy, cz[t] - qz
+        out[t] = dx * dx + dy * dy + dz * dz
+
+
+@njit(**_JIT)
 def _knn_rows(
     first: int,
     last: int,
-    points: np.ndarray,
     sorted_xyz: np.ndarray,
     sorted_index: np.ndarray,
+    sorted_cell: np.ndarray,
     start: np.ndarray,
     origin: np.ndarray,
     cell: float,
@@ -284,60 +395,160 @@ def _knn_rows(
     counts: np.ndarray,
     normals: np.ndarray,
 ) -> None:
-    """Exact ``k`` nearest within the radius of the points ``first:last``, and their normals.
+    """Exact ``k`` nearest within the radius of the points at storage positions ``first:last``, and their normals.
 
-    A query scans the grid columns around a ball; the ``k`` nearest scanned points are the ``k`` nearest of the
-    cloud when the ``k``-th of them lies within the ball (everything nearer was scanned), when the ball reaches the
-    search radius or covers the grid; otherwise the ball grows and the query scans again. The ball's radius is the
-    previous query's ``k``-th distance plus the distance between the two queries (bounded): by the triangle
-    inequality it holds the previous query's ``k`` neighbours, so one scan suffices for neighbouring queries. Ties
-    at the ``k``-th distance are broken by storage order.
+    Queries are processed cell by cell. The points within a reach of the box around a cell's queries are gathered
+    once (:func:`_gather`); for each query, the ``k`` nearest of them are the ``k`` nearest of the cloud when the
+    ``k``-th lies within the reach (everything nearer was gathered), when the reach covers the search radius or the
+    whole grid. Queries that fail are gathered again with a larger reach. The reach starts from the largest
+    ``k``-th distance of the previous cell, so that most cells need one gather. Ties at the ``k``-th distance are
+    broken by storage order.
 
     The normal of each point (Open3D's ``EstimateNormals``: the ``normal_k`` nearest within the normal radius, the
-    point itself included, at least 3 of them) comes from the same scan.
+    point itself included, at least 3 of them) comes from the same candidates (``normal_k <= k`` and
+    ``normal_radius2 <= radius2``: they are among the ``k`` nearest).
     """
-    n = points.shape[0]
-    squared = np.empty(n, points.dtype)
-    scratch = np.empty(n, points.dtype)
+    n = sorted_index.shape[0]
+    dtype = sorted_xyz.dtype
+    candidates = np.empty((3, n), dtype)
+    candidate_index = np.empty(n, np.int32)
+    squared = np.empty(n, dtype)
+    scratch = np.empty(n, dtype)
     found = np.empty(n, np.int32)
-    found_squared = np.empty(n, points.dtype)
-    scanned = np.empty(n, np.int32)
-    previous = -1
+    found_squared = np.empty(n, dtype)
+    pending = np.empty(n, np.int64)
+    low = np.empty(3, np.float64)
+    high = np.empty(3, np.float64)
+    cap = math.sqrt(radius2) * (1.0 + 1e-5) + 1e-30  # a reach beyond it gathers every point within the radius
+    guess = 2.0 * cell
     previous_kth = previous_normal_kth = 0.0
-    for q in range(first, last):
-        qx, qy, qz = points[q, 0], points[q, 1], points[q, 2]
-        if previous >= 0:
-            px, py, pz = points[previous, 0] - qx, points[previous, 1] - qy, points[previous, 2] - qz
-            kth_distance = math.sqrt(previous_kth)
-            step = min(math.sqrt(px * px + py * py + pz * pz), _MAX_STEP * kth_distance)
-            reach = (kth_distance + step) * (1.0 + 1e-5) + 1e-12  # float32 rounding of the distances
-        else:
-            reach = 2.0 * cell
-        while True:
-            m, whole = _scan(qx, qy, qz, reach, sorted_xyz, start, origin, cell, dims, sorted_index, scanned, squared)
-            kth, take = _kth_distance(squared, m, k, radius2, previous_kth, scratch)
-            if (take == k and kth <= reach * reach) or whole or reach * reach >= radius2:
-                break
-            reach *= _GROWTH
-        # The k nearest: everything strictly nearer than the k-th distance (branch-free compaction), then ties at
-        # the k-th distance in storage order (rare: a second pass only when there are some).
-        written = _collect(squared, scanned, m, kth, found, found_squared)
-        if written < take:
-            written = _collect_ties(squared, scanned, m, kth, found, found_squared, written, take)
-        for j in range(written):
-            neighbours[q, j] = found[j]
-            distances[q, j] = found_squared[j]
-        # The normal's neighbourhood is the normal_k nearest of these within the normal radius.
-        normal_kth, normal_take = _kth_distance(
-            found_squared, written, normal_k, normal_radius2, previous_normal_kth, scratch
+    s = first
+    while s < last:
+        stop = min(start[sorted_cell[s] + 1], last)
+        waiting = 0
+        for t in range(s, stop):
+            pending[waiting] = t
+            waiting += 1
+        reach = min(guess, cap)
+        largest_kth = 0.0
+        while waiting > 0:
+            for a in range(3):  # the box of the waiting queries (their float32 coordinates)
+                low[a], high[a] = np.inf, -np.inf
+                for i in range(waiting):
+                    low[a] = min(low[a], sorted_xyz[a, pending[i]])
+                    high[a] = max(high[a], sorted_xyz[a, pending[i]])
+            m, whole = _gather(low, high, reach, sorted_xyz, sorted_index, start, origin, cell, dims, candidates,
+                               candidate_index)  # fmt: skip
+            # Exact when the k-th distance is within the reach (float32 distances: a relative margin).
+            exact2 = reach * reach * (1.0 - 1e-5)
+            complete = whole or reach >= cap
+            still = 0
+            for i in range(waiting):
+                t = pending[i]
+                qx, qy, qz = sorted_xyz[0, t], sorted_xyz[1, t], sorted_xyz[2, t]
+                _squared_distances(qx, qy, qz, candidates, m, squared)
+                kth, take = _nearest(squared, candidate_index, m, k, radius2, previous_kth, scratch, found,
+                                     found_squared)  # fmt: skip
+                if not (complete or (take == k and kth <= exact2)):
+                    pending[still] = t
+                    still += 1
+                    continue
+                q = sorted_index[t]
+                previous_normal_kth = _neighbours_and_normal(
+                    q, qx, qy, qz, candidates, squared, m, take, normal_k, normal_radius2, previous_normal_kth, camera,
+                    scratch, found, found_squared, neighbours, distances, counts, normals
+                )  # fmt: skip
+                if take == k:
+                    previous_kth = kth
+                    largest_kth = max(largest_kth, kth)
+            waiting = still
+            reach = min(reach * _GROWTH, cap)
+        if largest_kth > 0.0:
+            guess = math.sqrt(largest_kth) * _REACH_MARGIN
+        s = stop
+
+
+@njit(**_JIT)
+def _neighbours_and_normal(
+    q: int,
+    qx: float,
+    qy: float,
+    qz: float,
+    candidates: np.ndarray,
+    squared: np.ndarray,
+    m: int,
+    take: int,
+    normal_k: int,
+    normal_radius2: float,
+    previous_normal_kth: float,
+    camera: bool,
+    scratch: np.ndarray,
+    found: np.ndarray,
+    found_squared: np.ndarray,
+    neighbours: np.ndarray,
+    distances: np.ndarray,
+    counts: np.ndarray,
+    normals: np.ndarray,
+) -> float:
+    """Write the neighbour list ``found[:take]`` and the normal of point ``q``; the normal's ``k``-th distance.
+
+    The normal's neighbourhood, the ``normal_k`` nearest within the normal radius, is selected among the neighbours
+    (the nearest ``take`` contain it); its covariance is summed over the candidates at most that far (ties at the
+    normal's ``k``-th distance beyond ``normal_k`` are dropped in storage order, a second pass only when there are).
+    """
+    row, row_squared = neighbours[q], distances[q]
+    for j in range(take):
+        row[j] = found[j]
+        row_squared[j] = found_squared[j]
+    counts[q] = take
+    normal_kth, normal_take = _kth_distance(found_squared, take, normal_k, normal_radius2, previous_normal_kth,
+                                            scratch)  # fmt: skip
+    moments = _moments(candidates, squared, m, qx, qy, qz, normal_kth, m + 1)
+    if moments[0] > _F32(normal_take):
+        ties = normal_take - _count_below(squared, m, normal_kth)
+        moments = _moments(candidates, squared, m, qx, qy, qz, normal_kth, ties)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = moments
+    if s0 >= _F32(3.0):
+        inv = _ONE / s0
+        mx, my, mz = s1 * inv, s2 * inv, s3 * inv
+        nx, ny, nz = _smallest_eigenvector(
+            s4 * inv - mx * mx,
+            s5 * inv - mx * my,
+            s6 * inv - mx * mz,
+            s7 * inv - my * my,
+            s8 * inv - my * mz,
+            s9 * inv - mz * mz,
         )
-        below = _count_below(found_squared, written, normal_kth)
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = _ZERO
-        for j in range(written):  # masked sums (vectorised); ties at the normal's k-th distance below
-            d = found_squared[j]
-            p = found[j]
-            keep = _ONE if d < normal_kth else _ZERO
-            dx, dy, dz = points[p, 0] - qx, points[p, 1] - qy, points[p, 2] - qz
+    else:
+        nx, ny, nz = _smallest_eigenvector(_ONE, _ZERO, _ZERO, _ONE, _ZERO, _ONE)
+    if camera and nx * qx + ny * qy + nz * qz > _ZERO:
+        nx, ny, nz = -nx, -ny, -nz
+    normals[q, 0], normals[q, 1], normals[q, 2] = nx, ny, nz
+    return normal_kth
+
+
+@njit(**_JIT_SUMS)
+def _moments(
+    candidates: np.ndarray,
+    squared: np.ndarray,
+    m: int,
+    qx: float,
+    qy: float,
+    qz: float,
+    threshold: float,
+    ties: int,
+) -> tuple[float, float, float, float, float, float, float, float, float, float]:
+    """Count, first and second moments of the offsets of the candidates at most ``threshold`` from the query.
+
+    Candidates at exactly ``threshold`` count only while ``ties`` last (storage order): with ``ties > m`` the loop is
+    branch-free and vectorised (reassociated float32 sums), else it keeps a running count of ties.
+    """
+    cx, cy, cz, cs = candidates[0, :m], candidates[1, :m], candidates[2, :m], squared[:m]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = _ZERO
+    if ties > m:
+        for t in range(m):
+            keep = _ONE if cs[t] <= threshold else _ZERO
+            dx, dy, dz = cx[t] - qx, cy[t] - qy, cz[t] - qz
             s0 += keep
             s1 += keep * dx
             s2 += keep * dy
@@ -348,91 +559,23 @@ def _knn_rows(
             s7 += keep * dy * dy
             s8 += keep * dy * dz
             s9 += keep * dz * dz
-        ties = normal_take - below
-        for j in range(written):
-            if ties > 0 and found_squared[j] == normal_kth:
-                ties -= 1
-                p = found[j]
-                dx, dy, dz = points[p, 0] - qx, points[p, 1] - qy, points[p, 2] - qz
-                s0 += _ONE
-                s1 += dx
-                s2 += dy
-                s3 += dz
-                s4 += dx * dx
-                s5 += dx * dy
-                s6 += dx * dz
-                s7 += dy * dy
-                s8 += dy * dz
-                s9 += dz * dz
-        counts[q] = written
-        if s0 >= _F32(3.0):
-            inv = _ONE / s0
-            mx, my, mz = s1 * inv, s2 * inv, s3 * inv
-            nx, ny, nz = _smallest_eigenvector(
-                s4 * inv - mx * mx,
-                s5 * inv - mx * my,
-                s6 * inv - mx * mz,
-                s7 * inv - my * my,
-                s8 * inv - my * mz,
-                s9 * inv - mz * mz,
-            )
-        else:
-            nx, ny, nz = _smallest_eigenvector(_ONE, _ZERO, _ZERO, _ONE, _ZERO, _ONE)
-        if camera and nx * qx + ny * qy + nz * qz > _ZERO:
-            nx, ny, nz = -nx, -ny, -nz
-        normals[q, 0], normals[q, 1], normals[q, 2] = nx, ny, nz
-        if take == k:
-            previous, previous_kth, previous_normal_kth = q, kth, normal_kth
-        else:
-            previous = -1
-
-
-@njit(**_JIT)
-def _collect(
-    squared: np.ndarray,
-    scanned: np.ndarray,
-    m: int,
-    kth: float,
-    found: np.ndarray,
-    found_squared: np.ndarray,
-) -> int:
-    """Copy the scanned points nearer than ``kth`` to ``found``; how many (branch-free compaction)."""
-    written = 0
-    for i in range(m):
-        d = squared[i]
-        found[written] = scanned[i]
-        found_squared[written] = d
-        written += 1 if d < kth else 0
-    return written
-
-
-@njit(**_JIT)
-def _collect_ties(
-    squared: np.ndarray,
-    scanned: np.ndarray,
-    m: int,
-    kth: float,
-    found: np.ndarray,
-    found_squared: np.ndarray,
-    written: int,
-    take: int,
-) -> int:
-    """Append scanned points at exactly ``kth`` to ``found`` (storage order) until it holds ``take``."""
-    for i in range(m):
-        if written < take and squared[i] == kth:
-            found[written] = scanned[i]
-            found_squared[written] = kth
-            written += 1
-    return written
-
-
-@njit(**_JIT)
-def _count_below(values: np.ndarray, m: int, threshold: float) -> int:
-    """How many of ``values[:m]`` are below ``threshold``."""
-    count = 0
-    for i in range(m):
-        count += 1 if values[i] < threshold else 0
-    return count
+        return s0, s1, s2, s3, s4, s5, s6, s7, s8, s9
+    for t in range(m):
+        tie = cs[t] == threshold and ties > 0
+        ties -= 1 if tie else 0
+        keep = _ONE if (cs[t] < threshold or tie) else _ZERO
+        dx, dy, dz = cx[t] - qx, cy[t] - qy, cz[t] - qz
+        s0 += keep
+        s1 += keep * dx
+        s2 += keep * dy
+        s3 += keep * dz
+        s4 += keep * dx * dx
+        s5 += keep * dx * dy
+        s6 += keep * dx * dz
+        s7 += keep * dy * dy
+        s8 += keep * dy * dz
+        s9 += keep * dz * dz
+    return s0, s1, s2, s3, s4, s5, s6, s7, s8, s9
 
 
 def _cell_size(organized: np.ndarray, points: np.ndarray, k: int) -> float:
@@ -472,13 +615,13 @@ def _search(
     cell = _cell_size(organized, points, k)
     origin = points.min(axis=0).astype(np.float64)
     dims = (np.floor((points.max(axis=0) - origin) / cell) + 1).astype(np.int64)
-    start, sorted_xyz, sorted_index = _build_grid(points, origin, cell, dims)
+    start, sorted_xyz, sorted_index, sorted_cell = _build_grid(points, origin, cell, dims)
     neighbours = np.empty((n, k), np.int32)
     distances = np.empty((n, k), np.float32)
     counts = np.zeros(n, np.int32)
     normals = np.empty((n, 3), np.float32)
-    _run_rows(_knn_rows, n, points, sorted_xyz, sorted_index, start, origin, cell, dims, k, radius * radius, normal_k,
-              normal_radius * normal_radius, camera, neighbours, distances, counts, normals)  # fmt: skip
+    _run_rows(_knn_rows, n, sorted_xyz, sorted_index, sorted_cell, start, origin, cell, dims, k, radius * radius,
+              normal_k, normal_radius * normal_radius, camera, neighbours, distances, counts, normals)  # fmt: skip
     return neighbours, distances, counts, normals
 
 
