@@ -67,12 +67,8 @@ _REACH_MARGIN = 1.1
 _GAP = 16
 """Grid columns at most this many storage positions apart are gathered as one run (the points in between too: one
 long vectorised copy is cheaper than many short ones)."""
-_SELECT_PASSES = 6
-"""Counting passes of the k-th distance selection before the remaining bracket is selected exactly."""
-_SELECT_SMALL = 12
-"""Bracket size (values) small enough to select exactly."""
-_SELECT_MARGIN = 2
-"""Counting passes aim this many values beyond the wanted rank, so that the next pass lands on the other side."""
+_SELECT_PASSES = 8
+"""Counting passes of the k-th distance selection before the remaining bracket is selected exactly (ties)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -173,10 +169,11 @@ def _count_at_most(values: np.ndarray, m: int, threshold: float) -> int:
 def _bracket(values: np.ndarray, m: int, k: int, limit: float, guess: float) -> tuple[float, int, float, int, int]:
     """A bracket ``(low, high]`` around the ``take``-th smallest of ``values[:m]`` among those at most ``limit``.
 
-    ``take = min(k, admissible)``. Counting passes (vectorised) narrow the bracket, starting from ``guess`` (the
-    previous query's value); the next threshold scales the last one by the wanted over the counted rank (the count
-    of a surface grows linearly with the squared distance), aiming a little past the rank to land on the other side.
-    They stop when the bracket holds few values or a pass counts exactly ``take`` (``high`` is then that threshold).
+    ``take = min(k, admissible)``. Counting passes (vectorised) narrow the bracket until ``high`` counts exactly
+    ``take`` values (the usual end: a threshold between the ``take``-th value and the next), or the passes run out
+    (ties). The first threshold is ``guess`` (the previous query's); the next ones aim between the ``take``-th and
+    the next value, scaled by the ranks while the bracket is open below or above (the count of a surface grows
+    linearly with the squared distance), interpolated between its counted ends after.
 
     Returns:
         ``low``, the count at most ``low``, ``high``, the count at most ``high`` and ``take``.
@@ -186,17 +183,19 @@ def _bracket(values: np.ndarray, m: int, k: int, limit: float, guess: float) -> 
     low, count_low = -1.0, 0
     high, count_high = limit, total
     threshold = guess if 0.0 < guess < limit else high
+    aim = take + 0.5
     for _ in range(_SELECT_PASSES):
-        if count_high - count_low <= _SELECT_SMALL or count_high == take:
+        if count_high == take:
             break
         count = _count_at_most(values, m, threshold)
         if count >= take:
             high, count_high = threshold, count
-            target = take - _SELECT_MARGIN
         else:
             low, count_low = threshold, count
-            target = take + _SELECT_MARGIN
-        threshold = threshold * target / max(count, 1)
+        if low >= 0.0 and high < limit:
+            threshold = low + (high - low) * (aim - count_low) / (count_high - count_low)
+        else:
+            threshold = threshold * aim / max(count, 1)
         if not low < threshold < high:
             threshold = 0.5 * (max(low, 0.0) + high)
     return low, count_low, high, count_high, take
@@ -229,50 +228,43 @@ def _kth_distance(
 
 @njit(**_JIT)
 def _nearest(
-    values: np.ndarray,
-    index: np.ndarray,
-    m: int,
-    k: int,
-    limit: float,
-    guess: float,
-    scratch: np.ndarray,
-    found: np.ndarray,
-    found_squared: np.ndarray,
+    values: np.ndarray, m: int, k: int, limit: float, guess: float, scratch: np.ndarray, found: np.ndarray
 ) -> tuple[float, int]:
-    """The ``take`` smallest of ``values[:m]`` among those at most ``limit`` and their ``index``, in storage order.
+    """Positions of the ``take`` smallest of ``values[:m]`` among those at most ``limit``, in storage order.
 
     ``take = min(k, admissible)``; ties at the ``take``-th value are broken by storage order. One branch-free
-    compaction copies the values up to the top of the :func:`_bracket` (a few more than ``take``) to ``found`` and
-    ``found_squared``; the ``take``-th value is selected among them and the excess dropped in place.
+    compaction writes the positions of the values up to the top of the :func:`_bracket` to ``found``: exactly
+    ``take`` of them as a rule. Else (ties) the ``take``-th value is selected among them and the excess dropped.
 
     Returns:
-        The ``take``-th value (``0`` when nothing is admissible) and ``take``.
+        A bound at least the ``take``-th value and below every value left out (the top of the bracket, or the
+        ``take``-th value itself when there are ties; ``0`` when nothing is admissible) and ``take``.
     """
     low, count_low, high, _, take = _bracket(values, m, k, limit, guess)
     if take == 0:
         return 0.0, 0
     written = 0
     for i in range(m):  # branch-free compaction
-        value = values[i]
-        found[written] = index[i]
-        found_squared[written] = value
-        written += 1 if value <= high else 0
+        found[written] = i
+        written += 1 if values[i] <= high else 0
     if written == take:
-        return _largest_at_most(found_squared, written, high), take
+        return high, take
     size = 0
     for j in range(written):
-        value = found_squared[j]
+        value = values[found[j]]
         scratch[size] = value
         size += 1 if value > low else 0
     kth = _kth_smallest(scratch, size, take - count_low)
-    ties = take - _count_below(found_squared, written, kth)
+    ties = take
+    for j in range(written):
+        ties -= 1 if values[found[j]] < kth else 0
     kept = 0
     for j in range(written):  # keep what is nearer than kth and the first ties at kth
-        value = found_squared[j]
+        position = found[j]
+        value = values[position]
         tie = value == kth and ties > 0
         ties -= 1 if tie else 0
-        found[kept] = found[j]
-        found_squared[kept] = value
+        found[kept] = position
         kept += 1 if (value < kth or tie) else 0
     return kth, take
 
@@ -415,7 +407,6 @@ def _knn_rows(
     squared = np.empty(n, dtype)
     scratch = np.empty(n, dtype)
     found = np.empty(n, np.int32)
-    found_squared = np.empty(n, dtype)
     pending = np.empty(n, np.int64)
     low = np.empty(3, np.float64)
     high = np.empty(3, np.float64)
@@ -447,16 +438,15 @@ def _knn_rows(
                 t = pending[i]
                 qx, qy, qz = sorted_xyz[0, t], sorted_xyz[1, t], sorted_xyz[2, t]
                 _squared_distances(qx, qy, qz, candidates, m, squared)
-                kth, take = _nearest(squared, candidate_index, m, k, radius2, previous_kth, scratch, found,
-                                     found_squared)  # fmt: skip
+                kth, take = _nearest(squared, m, k, radius2, previous_kth, scratch, found)
                 if not (complete or (take == k and kth <= exact2)):
                     pending[still] = t
                     still += 1
                     continue
                 q = sorted_index[t]
                 previous_normal_kth = _neighbours_and_normal(
-                    q, qx, qy, qz, candidates, squared, m, take, normal_k, normal_radius2, previous_normal_kth, camera,
-                    scratch, found, found_squared, neighbours, distances, counts, normals
+                    q, qx, qy, qz, candidates, candidate_index, squared, m, take, normal_k, normal_radius2,
+                    previous_normal_kth, camera, scratch, found, neighbours, distances, counts, normals
                 )  # fmt: skip
                 if take == k:
                     previous_kth = kth
@@ -475,6 +465,7 @@ def _neighbours_and_normal(
     qy: float,
     qz: float,
     candidates: np.ndarray,
+    candidate_index: np.ndarray,
     squared: np.ndarray,
     m: int,
     take: int,
@@ -484,13 +475,12 @@ def _neighbours_and_normal(
     camera: bool,
     scratch: np.ndarray,
     found: np.ndarray,
-    found_squared: np.ndarray,
     neighbours: np.ndarray,
     distances: np.ndarray,
     counts: np.ndarray,
     normals: np.ndarray,
 ) -> float:
-    """Write the neighbour list ``found[:take]`` and the normal of point ``q``; the normal's ``k``-th distance.
+    """Write the neighbour list (candidates at ``found[:take]``) and normal of ``q``; the normal's ``k``-th distance.
 
     The normal's neighbourhood, the ``normal_k`` nearest within the normal radius, is selected among the neighbours
     (the nearest ``take`` contain it); its covariance is summed over the candidates at most that far (ties at the
@@ -498,10 +488,11 @@ def _neighbours_and_normal(
     """
     row, row_squared = neighbours[q], distances[q]
     for j in range(take):
-        row[j] = found[j]
-        row_squared[j] = found_squared[j]
+        position = found[j]
+        row[j] = candidate_index[position]
+        row_squared[j] = squared[position]
     counts[q] = take
-    normal_kth, normal_take = _kth_distance(found_squared, take, normal_k, normal_radius2, previous_normal_kth,
+    normal_kth, normal_take = _kth_distance(row_squared, take, normal_k, normal_radius2, previous_normal_kth,
                                             scratch)  # fmt: skip
     moments = _moments(candidates, squared, m, qx, qy, qz, normal_kth, m + 1)
     if moments[0] > _F32(normal_take):
