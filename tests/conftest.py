@@ -99,6 +99,10 @@ def small_datamodule(root: Path) -> MVTec3D:
 def exported_rgbxyz(small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """An RGB + 3D BTM (torch FPFH, 96 × 96) fitted through the Engine and exported with ``anomalib export``.
 
+    The checkpoint says ``pre_trained=True`` (as after a fit on a machine with internet, the CLI default) and the
+    export runs offline with an empty Hugging Face cache and no ``--model.pre_trained`` flag: the backbone comes from
+    the checkpoint, nothing is downloaded.
+
     Returns:
         dict: ``checkpoint``, ``xml`` (the OpenVINO IR written by the stock CLI) and ``root``.
     """
@@ -126,9 +130,13 @@ def exported_rgbxyz(small_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     engine.fit(model=model, datamodule=datamodule)
     checkpoint = work / "model.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved["hyper_parameters"]["pre_trained"] = True
+    torch.save(saved, checkpoint)
     anomalib = Path(sys.executable).parent / "anomalib"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
-    command = [str(anomalib), "export", "--model", "BTM", "--model.pre_trained", "false", "--export_type", "openvino"]
+    env |= {"HF_HOME": str(work / "empty_hf_home"), "TORCH_HOME": str(work / "empty_torch_home")}
+    command = [str(anomalib), "export", "--model", "BTM", "--export_type", "openvino"]
     command += ["--ckpt_path", str(checkpoint)]
     result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, f"anomalib export failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"

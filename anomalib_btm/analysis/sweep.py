@@ -50,6 +50,7 @@ from matplotlib.figure import Figure
 from anomalib_btm.models.btm.lightning_model import BTM
 from anomalib_btm.models.btm.scoring import PIXEL_METRICS, DualKScorer, knn
 from anomalib_btm.models.btm.torch_model import BTMModel
+from anomalib_btm.weights import cli_errors
 
 __all__ = [
     "KSweep",
@@ -418,8 +419,12 @@ def fit_btm(model: BTM, dataloader: Iterable[Any], transform: Transform | None =
 
     Returns:
         BTM: ``model``, fitted and in eval mode.
+
+    Raises:
+        PretrainedWeightsError: If the backbone's ``pre_trained`` weights cannot be obtained (before any batch).
     """
     module, transform = _resolve(model, transform)
+    module.load_pretrained_weights()  # BTM defers them to the start of a fit; fail before reading any batch
     device = next((p.device for p in module.parameters()), module.memory_bank.device)
     module.train()
     with torch.no_grad():
@@ -453,7 +458,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default="wide_resnet50_2")
     parser.add_argument("--layers", nargs="+", default=["layer2", "layer3"])
     parser.add_argument(
-        "--pre-trained", type=_pre_trained, default=True, help="true (ImageNet, needs timm's cache), false, or a path."
+        "--pre-trained",
+        type=_pre_trained,
+        default=True,
+        help="true (ImageNet: timm's cache or a download), false (random), or a local weights file "
+        "(offline: python -m anomalib_btm.weights efficientnet-lite0 FILE).",
     )
     parser.add_argument("--fpfh-backend", default="torch", choices=("open3d", "torch"))
     parser.add_argument("--coreset-sampling-ratio", type=float, default=0.1)
@@ -474,12 +483,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv (Sequence[str] | None): Arguments; ``None`` for ``sys.argv[1:]``.
 
     Returns:
-        int: Exit status.
+        int: Exit status: 0, or 2 with a one-line ``error:`` message on stderr (a missing category, bad arguments,
+        backbone weights that cannot be obtained offline).
+    """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    return cli_errors(parser.prog, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Fit, sweep and write the outputs (the body of :func:`main`).
+
+    Args:
+        args (argparse.Namespace): Parsed arguments.
+
+    Returns:
+        int: ``0``.
 
     Raises:
         ValueError: On a missing category directory or bad arguments.
+        PretrainedWeightsError: If the backbone's weights cannot be obtained (checked before any data is read).
     """
-    args = _build_parser().parse_args(argv)
     category_dir = args.data_root / args.category
     if not (category_dir / "train").is_dir() or not (category_dir / "test").is_dir():
         msg = (
@@ -509,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pre_processor=BTM.configure_pre_processor((args.image_size, args.image_size)),
         visualizer=False,
     ).to(device)
+    model.model.load_pretrained_weights()  # before any data work: offline, one clear error instead of a traceback
     datamodule = MVTec3D(
         root=args.data_root,
         category=args.category,

@@ -197,7 +197,7 @@ def test_table_and_plot(fitted: tuple[BTM, MVTec3D, KSweep], tmp_path: Path) -> 
         result.row(K_MAX + 1)
 
 
-def test_bad_arguments(fitted: tuple[BTM, MVTec3D, KSweep], tmp_path: Path) -> None:
+def test_bad_arguments(fitted: tuple[BTM, MVTec3D, KSweep], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model, datamodule, _ = fitted
     with pytest.raises(ValueError, match=r"k_max must be an integer in \[1, "):
         sweep_k(model, datamodule.test_dataloader(), 0)
@@ -205,8 +205,10 @@ def test_bad_arguments(fitted: tuple[BTM, MVTec3D, KSweep], tmp_path: Path) -> N
         sweep_k(model, datamodule.test_dataloader(), model.model.memory_bank.shape[0] + 1)
     with pytest.raises(ValueError, match="memory bank is empty"):
         sweep_k(_model(), datamodule.test_dataloader(), 2)
-    with pytest.raises(ValueError, match="--data-root"):
-        main(["--data-root", str(tmp_path / "missing"), "--category", CATEGORY])
+    assert main(["--data-root", str(tmp_path / "missing"), "--category", CATEGORY]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m anomalib_btm.analysis.sweep: error: --data-root")
+    assert error.count("\n") == 1  # one line, no traceback
 
 
 @pytest.mark.slow
