@@ -54,6 +54,8 @@ __all__ = ["fpfh_knn_numba", "fpfh_knn_torch", "knn_search", "knn_search_torch"]
 _TAN_PI_8 = _F32(math.tan(math.pi / 8))
 _JIT_SUMS = {**_JIT, "fastmath": _FLAGS | {"reassoc"}}
 """Float32 sums that LLVM may reorder, so that it vectorises them (the covariance of the normals)."""
+_JIT_MAX = {**_JIT, "fastmath": _FLAGS | {"nnan", "reassoc"}}
+"""A maximum of values that are never NaN, which LLVM vectorises."""
 
 _CELL_FACTOR = 0.5
 """Grid cell edge relative to the estimated ``k``-th neighbour distance on a frontal surface (speed only)."""
@@ -146,9 +148,9 @@ def _kth_smallest(values: np.ndarray, count: int, k: int) -> float:
     return values[target]
 
 
-@njit(**_JIT)
+@njit(**_JIT_MAX)
 def _largest_at_most(values: np.ndarray, m: int, threshold: float) -> float:
-    """The largest of ``values[:m]`` that is at most ``threshold``."""
+    """The largest of ``values[:m]`` that is at most ``threshold`` (vectorised: distances are never NaN)."""
     largest = -1.0
     for i in range(m):
         largest = max(largest, values[i] if values[i] <= threshold else -1.0)
@@ -177,26 +179,31 @@ def _bracket(values: np.ndarray, m: int, k: int, limit: float, guess: float) -> 
     Returns:
         ``low``, the count at most ``low``, ``high``, the count at most ``high`` and ``take``.
     """
-    total = _count_at_most(values, m, limit)
-    take = min(k, total)
+    take = k  # until the count at the limit is known
     low, count_low = -1.0, 0
-    high, count_high = limit, total
-    threshold = guess if 0.0 < guess < limit else high
-    aim = take + 0.5
+    high, count_high = limit, -1
+    threshold = guess if 0.0 < guess < limit else limit
+    aim = k + 0.5
     for _ in range(_SELECT_PASSES):
-        if count_high == take:
-            break
         count = _count_at_most(values, m, threshold)
+        if threshold >= limit:
+            take = min(k, count)
+            aim = take + 0.5
         if count >= take:
             high, count_high = threshold, count
         else:
             low, count_low = threshold, count
-        if low >= 0.0 and high < limit:
+        if count_high == take:
+            break
+        if low >= 0.0 and count_high >= 0:
             threshold = low + (high - low) * (aim - count_low) / (count_high - count_low)
         else:
-            threshold = threshold * aim / max(count, 1)
-        if not low < threshold < high:
+            threshold = min(threshold * aim / max(count, 1), limit)
+        if not (low < threshold < high or threshold == limit == high):
             threshold = 0.5 * (max(low, 0.0) + high)
+    if count_high < 0:  # the passes stopped below the k-th value: the count at the limit sets take
+        count_high = _count_at_most(values, m, limit)
+        take = min(k, count_high)
     return low, count_low, high, count_high, take
 
 
@@ -405,7 +412,7 @@ def _knn_rows(
     candidate_index = np.empty(n, np.int32)
     squared = np.empty(n, dtype)
     scratch = np.empty(n, dtype)
-    found = np.empty(n, np.int32)
+    found = np.empty(n, np.uint32)  # unsigned: no negative-index wraparound in the gathers
     pending = np.empty(n, np.int64)
     low = np.empty(3, np.float64)
     high = np.empty(3, np.float64)
@@ -758,20 +765,35 @@ def _fpfh_rows(
     spfh: np.ndarray,
     fpfh: np.ndarray,
 ) -> None:
-    """FPFH (Open3D's ``ComputeFPFHFeature``): own SPFH plus the ``1/d²``-weighted neighbour SPFHs per group."""
+    """FPFH (Open3D's ``ComputeFPFHFeature``): own SPFH plus the ``1/d²``-weighted neighbour SPFHs per group.
+
+    The weighted rows are summed four neighbours at a time (one pass over the channels per four rows: measured
+    27 -> 23.5 ms per cloud, one thread); the list is padded with zero weights.
+    """
     channels = spfh.shape[1]
+    width = neighbours.shape[1]
     total = np.empty(channels, np.float32)
+    weight = np.empty(width + 3, np.float32)
+    index = np.empty(width + 3, np.int64)
     for q in range(first, last):
-        total[:] = _ZERO
+        row, row_squared = neighbours[q], distances[q]
+        count = counts[q]
         m = 0
-        for j in range(counts[q]):
-            s = neighbours[q, j]
-            d = distances[q, j]
+        for j in range(count):
+            s = row[j]
+            d = row_squared[j]
             m += 0 if s == q else 1
-            w = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself and coincident points: no weight
-            source = spfh[s]
+            weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself, coincident points: none
+            index[j] = s
+        for j in range(count, count + 3):
+            weight[j] = _ZERO
+            index[j] = q
+        total[:] = _ZERO
+        for j in range(0, count, 4):
+            w0, w1, w2, w3 = weight[j], weight[j + 1], weight[j + 2], weight[j + 3]
+            r0, r1, r2, r3 = spfh[index[j]], spfh[index[j + 1]], spfh[index[j + 2]], spfh[index[j + 3]]
             for b in range(channels):
-                total[b] += source[b] * w
+                total[b] += (r0[b] * w0 + r1[b] * w1) + (r2[b] * w2 + r3[b] * w3)
         for group in range(3):
             group_sum = _ZERO
             for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
