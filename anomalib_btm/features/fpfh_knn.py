@@ -391,7 +391,7 @@ def _knn_rows(
     neighbours: np.ndarray,
     distances: np.ndarray,
     counts: np.ndarray,
-    normals: np.ndarray,
+    points_normals: np.ndarray,
 ) -> None:
     """Exact ``k`` nearest within the radius of the points at storage positions ``first:last``, and their normals.
 
@@ -452,7 +452,7 @@ def _knn_rows(
                 q = sorted_index[t]
                 previous_normal_kth = _neighbours_and_normal(
                     q, qx, qy, qz, candidates, candidate_index, squared, m, take, normal_k, normal_radius2,
-                    previous_normal_kth, camera, scratch, found, neighbours, distances, counts, normals
+                    previous_normal_kth, camera, scratch, found, neighbours, distances, counts, points_normals
                 )  # fmt: skip
                 if take == k:
                     previous_kth = kth
@@ -484,7 +484,7 @@ def _neighbours_and_normal(
     neighbours: np.ndarray,
     distances: np.ndarray,
     counts: np.ndarray,
-    normals: np.ndarray,
+    points_normals: np.ndarray,
 ) -> float:
     """Write the neighbour list (candidates at ``found[:take]``) and normal of ``q``; the normal's ``k``-th distance.
 
@@ -520,7 +520,9 @@ def _neighbours_and_normal(
         nx, ny, nz = _smallest_eigenvector(_ONE, _ZERO, _ZERO, _ONE, _ZERO, _ONE)
     if camera and nx * qx + ny * qy + nz * qz > _ZERO:
         nx, ny, nz = -nx, -ny, -nz
-    normals[q, 0], normals[q, 1], normals[q, 2] = nx, ny, nz
+    row_out = points_normals[q]
+    row_out[0], row_out[1], row_out[2], row_out[3], row_out[4], row_out[5] = qx, qy, qz, nx, ny, nz
+    row_out[6] = row_out[7] = _ZERO
     return normal_kth
 
 
@@ -575,51 +577,94 @@ def _moments(
     return s0, s1, s2, s3, s4, s5, s6, s7, s8, s9
 
 
-def _cell_size(organized: np.ndarray, points: np.ndarray, k: int) -> float:
-    """Grid cell edge from the median pixel spacing of the organized cloud ``(H, W, 3)`` (speed only).
+@njit(**_JIT)
+def _add_step(x: np.ndarray, y: np.ndarray, z: np.ndarray, i: int, offset: int, steps: np.ndarray, count: int) -> int:
+    """Append the distance from point ``i`` to point ``i + offset`` to ``steps`` when both are valid; the count."""
+    o = i + offset
+    if x[i] != 0 and y[i] != 0 and z[i] != 0 and x[o] != 0 and y[o] != 0 and z[o] != 0:
+        dx, dy, dz = x[o] - x[i], y[o] - y[i], z[o] - z[i]
+        steps[count] = math.sqrt(dx * dx + dy * dy + dz * dz)
+        return count + 1
+    return count
 
-    The spacing is sampled on every 8th row and column (a median needs no more).
+
+@njit(**_JIT)
+def _valid_points(cloud: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Valid points of an organized cloud ``(3, H, W)``, their bounds and the median spacing of adjacent pixels.
+
+    Returns:
+        The flat pixel index of each valid point ``(N,)``, the points ``(N, 3)``, their bounds ``(2, 3)`` (lowest,
+        highest) and the median distance between valid neighbours in every 8th row and column (``-1`` if none).
     """
-    steps = []
-    for a, b in ((organized[::8, 1:], organized[::8, :-1]), (organized[1:, ::8], organized[:-1, ::8])):
-        both = (a != 0).all(axis=-1) & (b != 0).all(axis=-1)
-        if both.any():
-            difference = a[both] - b[both]
-            steps.append(np.sqrt((difference * difference).sum(axis=-1)))
-    extent = points.max(axis=0) - points.min(axis=0)
-    if steps:
-        spacing = float(np.median(np.concatenate(steps)))
-    else:  # no adjacent valid pixels: assume the points fill a square
-        spacing = float(max(extent.max(), 1e-12)) / math.sqrt(points.shape[0])
+    _, height, width = cloud.shape
+    x, y, z = cloud[0].ravel(), cloud[1].ravel(), cloud[2].ravel()
+    n = 0
+    for i in range(height * width):
+        n += 1 if (x[i] != 0 and y[i] != 0 and z[i] != 0) else 0
+    pixel = np.empty(n, np.int64)
+    points = np.empty((n, 3), cloud.dtype)
+    bounds = np.empty((2, 3), cloud.dtype)
+    bounds[0], bounds[1] = np.inf, -np.inf
+    j = 0
+    for i in range(height * width):
+        if x[i] != 0 and y[i] != 0 and z[i] != 0:
+            pixel[j] = i
+            points[j, 0], points[j, 1], points[j, 2] = x[i], y[i], z[i]
+            for a in range(3):
+                bounds[0, a] = min(bounds[0, a], points[j, a])
+                bounds[1, a] = max(bounds[1, a], points[j, a])
+            j += 1
+    steps = np.empty((height // 8 + 1) * width + (width // 8 + 1) * height, np.float32)
+    count = 0
+    for row in range(0, height, 8):  # right neighbours in every 8th row
+        for column in range(width - 1):
+            count = _add_step(x, y, z, row * width + column, 1, steps, count)
+    for column in range(0, width, 8):  # lower neighbours in every 8th column
+        for row in range(height - 1):
+            count = _add_step(x, y, z, row * width + column, width, steps, count)
+    spacing = float(np.median(steps[:count])) if count > 0 else -1.0
+    return pixel, points, bounds, spacing
+
+
+def _cell_size(bounds: np.ndarray, spacing: float, n: int, k: int) -> float:
+    """Grid cell edge from the median pixel spacing (speed only, see :func:`_valid_points`)."""
+    extent = (bounds[1] - bounds[0]).astype(np.float64)
+    if spacing <= 0:  # no adjacent valid pixels: assume the points fill a square
+        spacing = float(max(extent.max(), 1e-12)) / math.sqrt(n)
     cell = max(_CELL_FACTOR * spacing * math.sqrt(k / math.pi), 1e-9)
     # Coarser cells where the grid would be much larger than the cloud (sparse points spread over a large volume).
-    while np.prod(np.floor(extent / cell) + 1) > _MAX_CELLS_PER_POINT * points.shape[0] + 27:
+    while np.prod(np.floor(extent / cell) + 1) > _MAX_CELLS_PER_POINT * n + 27:
         cell *= 1.5
     return cell
 
 
 def _search(
     points: np.ndarray,
-    organized: np.ndarray,
+    bounds: np.ndarray,
+    spacing: float,
     k: int,
     radius: float,
     normal_k: int,
     normal_radius: float,
     camera: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Grid, neighbour lists ``(N, k)`` (indices, squared distances, counts) and normals ``(N, 3)`` of ``points``."""
+    """Neighbour lists ``(N, k)`` (indices, squared distances, counts) and points with normals ``(N, 8)``.
+
+    ``points_normals`` holds each point in columns 0-2 and its normal in columns 3-5 (columns 6-7 are zero).
+    """
     n = points.shape[0]
-    cell = _cell_size(organized, points, k)
-    origin = points.min(axis=0).astype(np.float64)
-    dims = (np.floor((points.max(axis=0) - origin) / cell) + 1).astype(np.int64)
+    cell = _cell_size(bounds, spacing, n, k)
+    origin = bounds[0].astype(np.float64)
+    dims = (np.floor((bounds[1] - origin) / cell) + 1).astype(np.int64)
     start, sorted_xyz, sorted_index, sorted_cell = _build_grid(points, origin, cell, dims)
     neighbours = np.empty((n, k), np.int32)
     distances = np.empty((n, k), np.float32)
     counts = np.zeros(n, np.int32)
-    normals = np.empty((n, 3), np.float32)
-    _run_rows(_knn_rows, n, sorted_xyz, sorted_index, sorted_cell, start, origin, cell, dims, k, radius * radius,
-              normal_k, normal_radius * normal_radius, camera, neighbours, distances, counts, normals)  # fmt: skip
-    return neighbours, distances, counts, normals
+    points_normals = np.empty((n, 8), np.float32)
+    radii2 = (radius * radius, normal_radius * normal_radius)
+    _run_rows(_knn_rows, n, sorted_xyz, sorted_index, sorted_cell, start, origin, cell, dims, k, radii2[0], normal_k,
+              radii2[1], camera, neighbours, distances, counts, points_normals)  # fmt: skip
+    return neighbours, distances, counts, points_normals
 
 
 def knn_search(organized: np.ndarray, k: int, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -635,12 +680,13 @@ def knn_search(organized: np.ndarray, k: int, radius: float) -> tuple[np.ndarray
         ``distances`` ``(N, k)`` squared distances (unsorted; entries beyond ``counts`` are undefined) and
         ``counts`` ``(N,)``.
     """
-    organized = np.ascontiguousarray(organized, dtype=np.float32)
-    valid = (organized != 0).all(axis=-1).reshape(-1)
-    points = np.ascontiguousarray(organized.reshape(-1, 3)[valid])
+    cloud = np.ascontiguousarray(np.asarray(organized, dtype=np.float32).transpose(2, 0, 1))
+    pixel, points, bounds, spacing = _valid_points(cloud)
+    valid = np.zeros(cloud.shape[1] * cloud.shape[2], bool)
+    valid[pixel] = True
     if points.shape[0] == 0:
         return valid, np.empty((0, k), np.int32), np.empty((0, k), np.float32), np.zeros(0, np.int32)
-    neighbours, distances, counts, _ = _search(points, organized, k, radius, 1, 0.0, False)
+    neighbours, distances, counts, _ = _search(points, bounds, spacing, k, radius, 1, 0.0, False)
     return valid, neighbours, distances, counts
 
 
@@ -763,9 +809,12 @@ def _fpfh_rows(
     distances: np.ndarray,
     counts: np.ndarray,
     spfh: np.ndarray,
-    fpfh: np.ndarray,
+    pixel: np.ndarray,
+    out: np.ndarray,
 ) -> None:
     """FPFH (Open3D's ``ComputeFPFHFeature``): own SPFH plus the ``1/d²``-weighted neighbour SPFHs per group.
+
+    Point ``q`` is written to pixel ``pixel[q]`` of the output planes ``out`` ``(33, H * W)``.
 
     The weighted rows are summed four neighbours at a time (one pass over the channels per four rows: measured
     27 -> 23.5 ms per cloud, one thread); the list is padded with zero weights.
@@ -800,7 +849,7 @@ def _fpfh_rows(
                 group_sum += total[b]
             scale = _safe_div(_HUNDRED, group_sum)
             for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
-                fpfh[q, b] = total[b] * scale + spfh[q, b] if m > 0 else _ZERO
+                out[b, pixel[q]] = total[b] * scale + spfh[q, b] if m > 0 else _ZERO
 
 
 def fpfh_knn_numba(
@@ -826,27 +875,22 @@ def fpfh_knn_numba(
     Returns:
         FPFH ``(B, 33, H, W)`` float32, zero at missing points and points without neighbours.
     """
-    # NumPy glue only (no torch operation between the kernels, see fpfh_numba).
-    clouds = np.ascontiguousarray(xyz.detach().cpu().numpy().transpose(0, 2, 3, 1))
-    batch, height, width, _ = clouds.shape
-    out = np.zeros((batch, height * width, 3 * _NUM_BINS), np.float32)
+    # NumPy glue only (no torch operation between the kernels, see fpfh_numba); the serial parts are Numba too.
+    clouds = np.ascontiguousarray(xyz.detach().cpu().numpy())
+    batch, _, height, width = clouds.shape
+    out = np.zeros((batch, 3 * _NUM_BINS, height * width), np.float32)
     for index in range(batch):
-        organized = clouds[index]
-        valid = (organized != 0).all(axis=-1).reshape(-1)
-        points = np.ascontiguousarray(organized.reshape(-1, 3)[valid])
+        pixel, points, bounds, spacing = _valid_points(clouds[index])
         n = points.shape[0]
         if n == 0:
             continue
-        neighbours, distances, counts, normals = _search(points, organized, max_nn, 5.0 * voxel_size, normal_max_nn,
-                                                         2.0 * voxel_size, normal_orientation == "camera")  # fmt: skip
-        points_normals = np.zeros((n, 8), np.float32)
-        points_normals[:, :3], points_normals[:, 3:6] = points, normals
+        neighbours, distances, counts, points_normals = _search(points, bounds, spacing, max_nn, 5.0 * voxel_size,
+                                                                normal_max_nn, 2.0 * voxel_size,
+                                                                normal_orientation == "camera")  # fmt: skip
         spfh = np.empty((n, 3 * _NUM_BINS), np.float32)
         _run_rows(_spfh_rows, n, points_normals, neighbours, counts, spfh)
-        fpfh = np.empty((n, 3 * _NUM_BINS), np.float32)
-        _run_rows(_fpfh_rows, n, neighbours, distances, counts, spfh, fpfh)
-        out[index, valid] = fpfh
-    return torch.from_numpy(out.reshape(batch, height, width, 3 * _NUM_BINS).transpose(0, 3, 1, 2).copy())
+        _run_rows(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
+    return torch.from_numpy(out.reshape(batch, 3 * _NUM_BINS, height, width))
 
 
 # --------------------------------------------------------------------------------------------------------------------
