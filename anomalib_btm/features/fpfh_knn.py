@@ -28,6 +28,7 @@ real one:
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -638,6 +639,27 @@ def _cell_size(bounds: np.ndarray, spacing: float, n: int, k: int) -> float:
     return cell
 
 
+_BUFFERS = threading.local()
+"""Large work arrays of the last call, per calling thread (see :func:`_reused`)."""
+
+
+def _reused(shape: tuple[int, ...], dtype: type, name: str | None) -> np.ndarray:
+    """An uninitialised array of ``shape`` in this thread's buffer ``name`` (a new array if ``None``).
+
+    The buffer is reallocated only when it grows. The neighbour lists of a 224² cloud take 40 MB: fresh pages cost
+    the kernels about as much time (page faults, zeroing by the OS) as writing them, so :func:`fpfh_knn_numba` keeps
+    them from call to call (per thread).
+    """
+    if name is None:
+        return np.empty(shape, dtype)
+    size = math.prod(shape)
+    held = getattr(_BUFFERS, name, None)
+    if held is None or held.dtype != dtype or held.size < size:
+        held = np.empty(size, dtype)
+        setattr(_BUFFERS, name, held)
+    return held[:size].reshape(shape)
+
+
 def _search(
     points: np.ndarray,
     bounds: np.ndarray,
@@ -647,20 +669,22 @@ def _search(
     normal_k: int,
     normal_radius: float,
     camera: bool,
+    reuse: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Neighbour lists ``(N, k)`` (indices, squared distances, counts) and points with normals ``(N, 8)``.
 
-    ``points_normals`` holds each point in columns 0-2 and its normal in columns 3-5 (columns 6-7 are zero).
+    ``points_normals`` holds each point in columns 0-2 and its normal in columns 3-5 (columns 6-7 are zero). With
+    ``reuse`` the arrays but ``counts`` are this thread's buffers (:func:`_reused`), valid until its next call.
     """
     n = points.shape[0]
     cell = _cell_size(bounds, spacing, n, k)
     origin = bounds[0].astype(np.float64)
     dims = (np.floor((bounds[1] - origin) / cell) + 1).astype(np.int64)
     start, sorted_xyz, sorted_index, sorted_cell = _build_grid(points, origin, cell, dims)
-    neighbours = np.empty((n, k), np.int32)
-    distances = np.empty((n, k), np.float32)
+    neighbours = _reused((n, k), np.int32, "neighbours" if reuse else None)
+    distances = _reused((n, k), np.float32, "distances" if reuse else None)
     counts = np.zeros(n, np.int32)
-    points_normals = np.empty((n, 8), np.float32)
+    points_normals = _reused((n, 8), np.float32, "points_normals" if reuse else None)
     radii2 = (radius * radius, normal_radius * normal_radius)
     _run_rows(_knn_rows, n, sorted_xyz, sorted_index, sorted_cell, start, origin, cell, dims, k, radii2[0], normal_k,
               radii2[1], camera, neighbours, distances, counts, points_normals)  # fmt: skip
@@ -886,8 +910,8 @@ def fpfh_knn_numba(
             continue
         neighbours, distances, counts, points_normals = _search(points, bounds, spacing, max_nn, 5.0 * voxel_size,
                                                                 normal_max_nn, 2.0 * voxel_size,
-                                                                normal_orientation == "camera")  # fmt: skip
-        spfh = np.empty((n, 3 * _NUM_BINS), np.float32)
+                                                                normal_orientation == "camera", reuse=True)  # fmt: skip
+        spfh = _reused((n, 3 * _NUM_BINS), np.float32, "spfh")
         _run_rows(_spfh_rows, n, points_normals, neighbours, counts, spfh)
         _run_rows(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
     return torch.from_numpy(out.reshape(batch, 3 * _NUM_BINS, height, width))
