@@ -71,6 +71,10 @@ _GAP = 16
 long vectorised copy is cheaper than many short ones)."""
 _SELECT_PASSES = 8
 """Counting passes of the k-th distance selection before the remaining bracket is selected exactly (ties)."""
+_SELECT_SMALL = 8
+"""A bracket of at most this many values is selected exactly (the normal's k-th distance among the neighbours)."""
+_NEAREST_SMALL = 1
+"""The same for the neighbour lists, which aim at a threshold that holds exactly ``k`` (a cheaper compaction)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -168,14 +172,16 @@ def _count_at_most(values: np.ndarray, m: int, threshold: float) -> int:
 
 
 @njit(**_JIT)
-def _bracket(values: np.ndarray, m: int, k: int, limit: float, guess: float) -> tuple[float, int, float, int, int]:
+def _bracket(
+    values: np.ndarray, m: int, k: int, limit: float, guess: float, small: int
+) -> tuple[float, int, float, int, int]:
     """A bracket ``(low, high]`` around the ``take``-th smallest of ``values[:m]`` among those at most ``limit``.
 
     ``take = min(k, admissible)``. Counting passes (vectorised) narrow the bracket until ``high`` counts exactly
-    ``take`` values (the usual end: a threshold between the ``take``-th value and the next), or the passes run out
-    (ties). The first threshold is ``guess`` (the previous query's); the next ones aim between the ``take``-th and
-    the next value, scaled by the ranks while the bracket is open below or above (the count of a surface grows
-    linearly with the squared distance), interpolated between its counted ends after.
+    ``take`` values (a threshold between the ``take``-th value and the next), the bracket holds at most ``small``
+    values or the passes run out (ties). The first threshold is ``guess`` (the previous query's); the next ones aim
+    between the ``take``-th and the next value, scaled by the ranks while the bracket is open below or above (the
+    count of a surface grows linearly with the squared distance), interpolated between its counted ends after.
 
     Returns:
         ``low``, the count at most ``low``, ``high``, the count at most ``high`` and ``take``.
@@ -194,7 +200,7 @@ def _bracket(values: np.ndarray, m: int, k: int, limit: float, guess: float) -> 
             high, count_high = threshold, count
         else:
             low, count_low = threshold, count
-        if count_high == take:
+        if count_high == take or (count_high >= 0 and count_high - count_low <= small):
             break
         if low >= 0.0 and count_high >= 0:
             threshold = low + (high - low) * (aim - count_low) / (count_high - count_low)
@@ -220,7 +226,7 @@ def _kth_distance(
     Returns:
         The value (``0`` when nothing is admissible) and ``take``.
     """
-    low, count_low, high, count_high, take = _bracket(values, m, k, limit, guess)
+    low, count_low, high, count_high, take = _bracket(values, m, k, limit, guess, _SELECT_SMALL)
     if take == 0:
         return 0.0, 0
     if count_high == take:
@@ -247,7 +253,7 @@ def _nearest(
         A bound at least the ``take``-th value and below every value left out (the top of the bracket, or the
         ``take``-th value itself when there are ties; ``0`` when nothing is admissible) and ``take``.
     """
-    low, count_low, high, _, take = _bracket(values, m, k, limit, guess)
+    low, count_low, high, _, take = _bracket(values, m, k, limit, guess, _NEAREST_SMALL)
     if take == 0:
         return 0.0, 0
     written = 0
