@@ -783,7 +783,7 @@ def _spfh_rows(
         m = 0
         for j in range(counts[q]):  # gather the neighbours, the point itself excluded (branch-free)
             s = row[j]
-            other = points_normals[s]
+            other = points_normals[np.uint64(s)]  # unsigned: no negative-index wraparound
             gx[m] = other[0] - px
             gy[m] = other[1] - py
             gz[m] = other[2] - pz
@@ -853,7 +853,7 @@ def _fpfh_rows(
     width = neighbours.shape[1]
     total = np.empty(channels, np.float32)
     weight = np.empty(width + 3, np.float32)
-    index = np.empty(width + 3, np.int64)
+    index = np.empty(width + 3, np.uint64)  # unsigned: no negative-index wraparound
     for q in range(first, last):
         row, row_squared = neighbours[q], distances[q]
         count = counts[q]
@@ -866,7 +866,7 @@ def _fpfh_rows(
             index[j] = s
         for j in range(count, count + 3):
             weight[j] = _ZERO
-            index[j] = q
+            index[j] = np.uint64(q)
         total[:] = _ZERO
         for j in range(0, count, 4):
             w0, w1, w2, w3 = weight[j], weight[j + 1], weight[j + 2], weight[j + 3]
