@@ -173,3 +173,30 @@ def test_a_knn_module_exports_the_window_graph(tmp_path: Path) -> None:
     window = FPFHTorch(search="window", window=5, normal_window=3, cpu_kernel=False)(cloud)
     torch.testing.assert_close(run(cloud), window, rtol=1e-4, atol=1e-3)
     assert not torch.allclose(module(cloud), window)  # eagerly the module computes the k-NN descriptors
+
+
+def test_valid_points_and_bounds_equal_numpy() -> None:
+    from anomalib_btm.features.fpfh_knn import _valid_points
+
+    organized = _steep_cloud(40, 4)
+    organized[3, :, 1] = 0.0  # a point is missing when any coordinate is zero
+    pixel, points, bounds, spacing = _valid_points(np.ascontiguousarray(organized.transpose(2, 0, 1)))
+    valid = (organized != 0).all(axis=-1).reshape(-1)
+    np.testing.assert_array_equal(pixel, np.flatnonzero(valid))
+    np.testing.assert_array_equal(points, organized.reshape(-1, 3)[valid])
+    np.testing.assert_array_equal(bounds, np.stack([points.min(axis=0), points.max(axis=0)]))
+    assert 0 < spacing < 0.01
+    empty = _valid_points(np.zeros((3, 4, 4), np.float32))
+    assert empty[0].shape == (0,)
+    assert empty[3] == -1.0
+
+
+def test_knn_fpfh_results_do_not_share_the_reused_buffers() -> None:
+    # The kernels keep their large work arrays from call to call: results must not change with later calls.
+    first_cloud = _sensor_cloud("dome", 96, seed=1, working=48)
+    first = compute_fpfh(first_cloud, backend="torch")
+    kept = first.clone()
+    second = compute_fpfh(torch.cat([_sensor_cloud("ring45", 96, seed=2, working=64)] * 2), backend="torch")
+    assert torch.equal(first, kept)
+    assert torch.equal(second[0], second[1])
+    torch.testing.assert_close(compute_fpfh(first_cloud, backend="torch"), first, rtol=0, atol=0)
