@@ -17,9 +17,10 @@ real one:
   from the previous cell's largest ``k``-th distance and the cell size follows the point spacing of the organized
   grid: they affect speed only, never the result.
 * :func:`fpfh_knn_numba`: normals (Open3D's ``EstimateNormals`` neighbourhood: the ``normal_max_nn`` nearest within
-  ``2 * voxel_size``, taken from the FPFH neighbour list when it contains them), SPFH and the ``1/d²``-weighted FPFH
-  sum over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads, with the pair-feature
-  arithmetic, eigen solver and histogram binning of :mod:`anomalib_btm.features.fpfh_numba`.
+  ``2 * voxel_size``, selected among the FPFH neighbours in the same pass), SPFH and the ``1/d²``-weighted FPFH sum
+  over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads, with the pair-feature
+  arithmetic, eigen solver and histogram bins of :mod:`anomalib_btm.features.fpfh_numba` (``atan2`` with one
+  division instead of two). About 120 ms of CPU time per 224² cloud (~49k points), 62-66 ms on two threads.
 * :func:`fpfh_knn_torch`: the same definition in torch with a chunked brute-force search (``cdist`` + ``topk``),
   for CUDA tensors, float64 input and as an independent reference in the tests. Its shapes depend on the number of
   valid points, so it does not export: exported graphs use the pixel window (see ``fpfh_torch``).
@@ -53,6 +54,7 @@ from anomalib_btm.features.fpfh_numba import (
 __all__ = ["fpfh_knn_numba", "fpfh_knn_torch", "knn_search", "knn_search_torch"]
 
 _TAN_PI_8 = _F32(math.tan(math.pi / 8))
+"""Above this ratio of its arguments ``atan2`` reduces them (Cephes' ``atanf``)."""
 _JIT_SUMS = {**_JIT, "fastmath": _FLAGS | {"reassoc"}}
 """Float32 sums that LLVM may reorder, so that it vectorises them (the covariance of the normals)."""
 _JIT_MAX = {**_JIT, "fastmath": _FLAGS | {"nnan", "reassoc"}}
@@ -63,7 +65,7 @@ _CELL_FACTOR = 0.5
 _MAX_CELLS_PER_POINT = 4
 """Cap of the grid's cell count relative to the number of points (coarser cells beyond it)."""
 _GROWTH = 1.5
-"""Least growth of the search radius when a ball holds fewer than ``k`` points."""
+"""Growth of a cell's reach when some of its queries' ``k``-th distances lie beyond it."""
 _REACH_MARGIN = 1.1
 """A cell's queries are first gathered within this factor of the previous cell's largest ``k``-th distance."""
 _GAP = 16
