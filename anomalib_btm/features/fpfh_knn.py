@@ -848,14 +848,14 @@ def _fpfh_rows(
 
     Point ``q`` is written to pixel ``pixel[q]`` of the output planes ``out`` ``(33, H * W)``.
 
-    The weighted rows are summed four neighbours at a time (one pass over the channels per four rows: measured
-    27 -> 23.5 ms per cloud, one thread); the list is padded with zero weights.
+    The weighted rows are summed eight neighbours at a time (one pass over the channels per eight rows: measured
+    27 -> 24 ms per cloud, one thread, for four, -> 21.5 ms for eight); the list is padded with zero weights.
     """
     channels = spfh.shape[1]
     width = neighbours.shape[1]
     total = np.empty(channels, np.float32)
-    weight = np.empty(width + 3, np.float32)
-    index = np.empty(width + 3, np.uint64)  # unsigned: no negative-index wraparound
+    weight = np.empty(width + 7, np.float32)
+    index = np.empty(width + 7, np.uint64)  # unsigned: no negative-index wraparound
     for q in range(first, last):
         row, row_squared = neighbours[q], distances[q]
         count = counts[q]
@@ -866,15 +866,19 @@ def _fpfh_rows(
             m += 0 if s == q else 1
             weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself, coincident points: none
             index[j] = s
-        for j in range(count, count + 3):
+        for j in range(count, count + 7):
             weight[j] = _ZERO
             index[j] = np.uint64(q)
         total[:] = _ZERO
-        for j in range(0, count, 4):
+        for j in range(0, count, 8):
             w0, w1, w2, w3 = weight[j], weight[j + 1], weight[j + 2], weight[j + 3]
+            w4, w5, w6, w7 = weight[j + 4], weight[j + 5], weight[j + 6], weight[j + 7]
             r0, r1, r2, r3 = spfh[index[j]], spfh[index[j + 1]], spfh[index[j + 2]], spfh[index[j + 3]]
+            r4, r5, r6, r7 = spfh[index[j + 4]], spfh[index[j + 5]], spfh[index[j + 6]], spfh[index[j + 7]]
             for b in range(channels):
-                total[b] += (r0[b] * w0 + r1[b] * w1) + (r2[b] * w2 + r3[b] * w3)
+                total[b] += ((r0[b] * w0 + r1[b] * w1) + (r2[b] * w2 + r3[b] * w3)) + (
+                    (r4[b] * w4 + r5[b] * w5) + (r6[b] * w6 + r7[b] * w7)
+                )
         for group in range(3):
             group_sum = _ZERO
             for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
