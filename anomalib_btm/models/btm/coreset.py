@@ -38,14 +38,24 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from sklearn.utils.random import sample_without_replacement
 from tqdm import tqdm
 
-__all__ = ["KCenterGreedy", "sample_coreset", "sparse_random_projection_matrix"]
+from .coreset_kernels import _add_center, _center_distances, _farthest, _first_center
+
+__all__ = [
+    "CORESET_METHODS",
+    "KCenterGreedy",
+    "PrunedKCenterGreedy",
+    "check_coreset_method",
+    "project_blocks",
+    "sample_coreset",
+    "sparse_random_projection_matrix",
+]
 
 PROJECTION_EPS = 0.9
 """Johnson-Lindenstrauss distortion used by anomalib's coreset sampler."""
@@ -483,3 +493,217 @@ def sample_coreset(
         Tensor ``(int(n_samples * sampling_ratio), n_features)`` of rows of ``embedding``.
     """
     return KCenterGreedy(embedding, sampling_ratio, seed=seed, progress=progress).sample_coreset()
+
+
+CORESET_METHODS = ("pruned", "exact")
+"""``"pruned"``: greedy k-center with triangle-inequality pruning (:class:`PrunedKCenterGreedy`, default);
+``"exact"``: the plain greedy loop with anomalib's arithmetic (:class:`KCenterGreedy`)."""
+
+PROJECTION_BLOCK_ROWS = 4096
+"""Rows projected per matrix product when no block size is given (the block size fixes the rounding of a row)."""
+
+Exchange = Callable[[float, int, np.ndarray], tuple[int, np.ndarray]]
+"""``exchange(value, index, row) -> (index, row)``: the farthest point over all processes (see
+:class:`PrunedKCenterGreedy`)."""
+
+
+def check_coreset_method(method: str) -> None:
+    """Raise a clear error for an unknown coreset method.
+
+    Args:
+        method: Candidate method.
+
+    Raises:
+        ValueError: If ``method`` is not one of :data:`CORESET_METHODS`.
+    """
+    if method not in CORESET_METHODS:
+        msg = f"coreset_method must be one of {CORESET_METHODS}, got {method!r}."
+        raise ValueError(msg)
+
+
+def project_blocks(embedding: torch.Tensor, projection: torch.Tensor, block_rows: int) -> np.ndarray:
+    """Project ``embedding`` on ``projection`` block by block into one float32 array.
+
+    Every block is one ``(block_rows, D) @ (D, k)`` product (the last may be shorter), so a row is rounded the same
+    whichever process holds it, as long as blocks start at the same rows (whole samples in BTM).
+
+    Args:
+        embedding: ``(N, D)`` float32 or float16 features.
+        projection: ``(k, D)`` projection matrix.
+        block_rows: Rows per product.
+
+    Returns:
+        ``(N, k)`` C-contiguous float32 array.
+    """
+    out = np.empty((embedding.shape[0], projection.shape[0]), dtype=np.float32)
+    matrix = projection.T.to(device=embedding.device, dtype=torch.float32)
+    for start in range(0, embedding.shape[0], block_rows):
+        block = embedding[start : start + block_rows].to(torch.float32)
+        out[start : start + block.shape[0]] = (block @ matrix).cpu().numpy()
+    return out
+
+
+class PrunedKCenterGreedy:
+    """Greedy k-center (farthest point) selection with triangle-inequality pruning, on one or several processes.
+
+    The same projection (anomalib's very sparse random projection, drawn as :class:`KCenterGreedy` draws it) and the
+    same greedy rule as :class:`KCenterGreedy`: start from a random point, then repeatedly add the point farthest
+    from all centers chosen so far. Each point remembers its nearest center; a new center ``c`` can only come nearer
+    to a point ``p`` of center ``a`` than ``a`` if ``d(a, c) < 2 d(p, a)``, so whole clusters and most points are
+    skipped without measuring (:mod:`.coreset_kernels`). On patch features about 1 % of the distances of the plain
+    loop are computed; the selection is the plain loop's (exact arithmetic; distances are summed in a fixed
+    vectorised order instead of torch's norm kernel, so an exact tie can break differently).
+
+    Several processes: each holds the rows of its own samples (``embedding``) and their positions in the global
+    order (``global_index``); every greedy step calls ``exchange`` once with the local farthest point, which returns
+    the global one (largest distance, then smallest global index, as ``torch.max`` breaks ties) and its projected
+    row. The selection is then the single-process one over the union of the rows.
+
+    Args:
+        embedding: ``(n, D)`` float features of this process.
+        sampling_ratio: Fraction of all rows (of every process) to select, in ``(0, 1]``.
+        seed: Seed of the projection and of the first center (private generators, as :class:`KCenterGreedy`);
+            ``None`` draws from torch's and NumPy's global generators (single process only).
+        progress: Show a progress bar.
+        block_rows: Rows per projection product (see :func:`project_blocks`). Defaults to
+            :data:`PROJECTION_BLOCK_ROWS`.
+        global_index: ``(n,)`` positions of the local rows in the global order (default ``arange(n)``); ties and
+            the first center refer to it.
+        n_total: Number of rows over all processes (default ``n``).
+        exchange: See above; ``None`` for a single process.
+
+    Example:
+        >>> import torch
+        >>> embedding = torch.randn(2000, 128)
+        >>> idxs = PrunedKCenterGreedy(embedding, 0.01, seed=0).select_coreset_idxs()
+        >>> idxs == KCenterGreedy(embedding, 0.01, seed=0).select_coreset_idxs()
+        True
+    """
+
+    def __init__(
+        self,
+        embedding: torch.Tensor,
+        sampling_ratio: float,
+        *,
+        seed: int | None = None,
+        progress: bool = False,
+        block_rows: int | None = None,
+        global_index: np.ndarray | None = None,
+        n_total: int | None = None,
+        exchange: Exchange | None = None,
+    ) -> None:
+        n_local = embedding.shape[0] if isinstance(embedding, torch.Tensor) and embedding.ndim == 2 else 0
+        self.n_total = n_local if n_total is None else int(n_total)
+        if exchange is None:
+            self.coreset_size = _validate(embedding, sampling_ratio)
+        else:
+            if seed is None:
+                msg = "A distributed coreset needs a seed shared by every process (seed=None draws per process)."
+                raise ValueError(msg)
+            self.coreset_size = int(self.n_total * float(sampling_ratio))
+        if block_rows is not None and block_rows < 1:
+            msg = f"`block_rows` must be a positive number of rows, got {block_rows!r}."
+            raise ValueError(msg)
+        self.embedding = embedding
+        self.seed = seed
+        self.progress = progress
+        self.block_rows = block_rows or PROJECTION_BLOCK_ROWS
+        self.global_index = (
+            np.arange(n_local, dtype=np.int64) if global_index is None else np.ascontiguousarray(global_index, np.int64)
+        )
+        if self.global_index.shape != (n_local,):
+            msg = f"`global_index` must hold one position per row ({n_local}), got shape {self.global_index.shape}."
+            raise ValueError(msg)
+        self.exchange = exchange
+        self.projection: torch.Tensor | None = None
+        self.features: np.ndarray | None = None
+        self.min_distances: np.ndarray | None = None
+        self.measured = 0
+
+    def _draw(self) -> tuple[torch.Tensor, int]:
+        """Draw the projection matrix and the first center's global index (the random calls of KCenterGreedy)."""
+        n_features = self.embedding.shape[1]
+        if self.seed is None:
+            cpu, numpy_rng = None, None
+        else:
+            cpu = torch.Generator(device="cpu").manual_seed(self.seed)
+            numpy_rng = np.random.RandomState(self.seed % 2**32)
+        matrix = sparse_random_projection_matrix(self.n_total, n_features, generator=cpu, numpy_rng=numpy_rng)
+        first = int(torch.randint(high=self.n_total, size=(1,), generator=cpu).item())
+        return matrix, first
+
+    def _exchange(self, value: float, row: int, features: np.ndarray) -> tuple[int, np.ndarray]:
+        """The global farthest point from the local candidate ``row`` (-1: none)."""
+        vector = features[row] if row >= 0 else np.zeros(features.shape[1], dtype=np.float32)
+        index = int(self.global_index[row]) if row >= 0 else -1
+        if self.exchange is None:
+            return index, vector
+        return self.exchange(value, index, vector)
+
+    def select_coreset_idxs(self) -> list[int]:
+        """Greedily select the coreset.
+
+        Returns:
+            ``coreset_size`` global row indices in selection order.
+        """
+        self.projection, first = self._draw()
+        features = project_blocks(self.embedding, self.projection, self.block_rows)
+        self.features = features
+        n, k = features.shape
+        m = self.coreset_size
+        min_distances = np.full(n, np.inf, dtype=np.float32)
+        nearest = np.empty(n, dtype=np.int32)
+        link = np.empty(n, dtype=np.int64)
+        head = np.full(m, -1, dtype=np.int64)
+        radius = np.full(m, -np.inf, dtype=np.float32)
+        farthest = np.full(m, -1, dtype=np.int64)
+        centers = np.empty((m, k), dtype=np.float32)
+        center_distances = np.empty(m, dtype=np.float32)
+        picks: list[int] = []
+        self.min_distances = min_distances
+        self.measured = 0
+        with tqdm(
+            total=m, desc="Selecting coreset", unit="pts", disable=not self.progress, dynamic_ncols=True, leave=True
+        ) as bar:
+            for step in range(m):
+                if step == 0:
+                    hits = np.flatnonzero(self.global_index == first)
+                    row = int(hits[0]) if hits.size else -1
+                    value = math.inf
+                else:
+                    row = _farthest(radius, farthest, step, self.global_index)
+                    value = float(min_distances[row]) if row >= 0 else -math.inf
+                index, centers[step] = self._exchange(value, row, features)
+                picks.append(index)
+                if step == 0:
+                    _first_center(features, centers[0], min_distances, nearest, head, link, radius, farthest)
+                    self.measured += n
+                else:
+                    _center_distances(centers, step, centers[step], center_distances)
+                    self.measured += _add_center(
+                        features,
+                        centers[step],
+                        step,
+                        center_distances,
+                        min_distances,
+                        nearest,
+                        head,
+                        link,
+                        radius,
+                        farthest,
+                        self.global_index,
+                    )
+                bar.update(1)
+        return picks
+
+    def sample_coreset(self) -> torch.Tensor:
+        """Select the coreset and return its rows, in selection order (single process).
+
+        Returns:
+            ``(coreset_size, D)`` rows of ``embedding``.
+        """
+        idxs = np.asarray(self.select_coreset_idxs(), dtype=np.int64)
+        row_of = np.empty(self.n_total, dtype=np.int64)
+        row_of[self.global_index] = np.arange(self.global_index.shape[0], dtype=np.int64)
+        rows = torch.from_numpy(row_of[idxs]).to(self.embedding.device)
+        return self.embedding[rows]

@@ -35,13 +35,17 @@ from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
+from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_btm.data.depth import check_metric_units, verify_sample_files
 from anomalib_btm.visualize import BTMVisualizer
 
+from .coreset import check_coreset_method
+from .distributed import broadcast_seed, is_distributed, padded_tail, skip_ddp_wrapper, unpadded_eval_dataloaders
 from .export import check_compression, export_onnx, quantize_ptq
 from .torch_model import BTMModel
 
@@ -91,6 +95,10 @@ class BTM(MemoryBankMixin, AnomalibModule):
         coreset_chunk_size (int | None): Run the coreset on chunks of this many training patches, so that time
             and memory scale with the chunk rather than the training set (``None``: one coreset, the paper's).
         store_dtype (str): ``"float32"`` or ``"float16"`` for the training features held until the coreset.
+        coreset_method (str): ``"pruned"`` (default: greedy k-center with triangle-inequality pruning, the same
+            selection as the plain loop at a fraction of its cost; runs on one or several DDP processes) or
+            ``"exact"`` (anomalib's ``KCenterGreedy`` arithmetic, one process). ``"pruned"`` draws its projection and
+            first center from the run's seed (``torch.initial_seed()``, rank 0's under DDP).
         preset (str): ``"btm"`` (default) or ``"btf"``: BTF's own choices on the same code (no padding in the
             3 × 3 mean, reweighted image score, 1-NN map blurred through 8-bit PIL), so BTF vs BTM is one flag.
         feature_upsampling (str): How the deeper RGB feature map (layer3, 14 × 14) reaches the patch grid (layer2,
@@ -124,6 +132,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
         max_bank_size: int | None = None,
         coreset_chunk_size: int | None = None,
         store_dtype: str = "float32",
+        coreset_method: str = "pruned",
         preset: str = "btm",
         feature_upsampling: str = "adaptive_avg_pool",
         pre_processor: nn.Module | bool = True,
@@ -159,9 +168,11 @@ class BTM(MemoryBankMixin, AnomalibModule):
             feature_upsampling=feature_upsampling,
             defer_weights=True,  # loaded in on_fit_start, unless a checkpoint supplies them
         )
+        check_coreset_method(coreset_method)
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.max_bank_size = max_bank_size
         self.coreset_chunk_size = coreset_chunk_size
+        self.coreset_method = coreset_method
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -294,24 +305,110 @@ class BTM(MemoryBankMixin, AnomalibModule):
         """
         del args, kwargs
         self.model(*self._inputs(batch))
+        paths = getattr(batch, "image_path", None)
+        if paths is not None:
+            self.model.embedding_store.tag(paths)
         return torch.tensor(0.0, requires_grad=True, device=self.device)
 
     def fit(self) -> None:
-        """Build the memory bank: greedy k-center coreset of the collected patch embeddings."""
+        """Build the memory bank: greedy k-center coreset of the collected patch embeddings (of every DDP rank)."""
         logger.info("Applying core-set subsampling to get the embedding.")
+        distributed = is_distributed()
+        if distributed:
+            self._drop_sampler_padding()
+        seed = None
+        if self.coreset_method == "pruned":
+            seed = torch.initial_seed() % 2**62
+            if distributed:
+                seed = broadcast_seed(seed)
         self.model.subsample_embedding(
             self.coreset_sampling_ratio,
             progress=self._show_progress(),
             max_bank_size=self.max_bank_size,
             chunk_size=self.coreset_chunk_size,
+            method=self.coreset_method,
+            seed=seed,
+            distributed=distributed,
         )
 
+    def _drop_sampler_padding(self) -> None:
+        """Forget the training samples Lightning's ``DistributedSampler`` repeated to even out the ranks."""
+        store = self.model.embedding_store
+        if len(store.keys) != store.samples:
+            msg = (
+                "BTM's distributed fit orders samples by their `image_path`; the training batches carry none. "
+                "Use an anomalib datamodule (MVTec3D, Folder3D...) or train on one device."
+            )
+            raise ValueError(msg)
+        sampler = getattr(getattr(self.trainer, "train_dataloader", None), "sampler", None)
+        if not isinstance(sampler, DistributedSampler):
+            msg = (
+                "BTM's distributed fit needs Lightning's DistributedSampler on the training set "
+                f"(Trainer(use_distributed_sampler=True), the default); the train dataloader's sampler is "
+                f"{type(sampler).__name__}."
+            )
+            raise ValueError(msg)
+        if sampler.drop_last:
+            return
+        store.drop_last(padded_tail(len(sampler.dataset), sampler.num_replicas, sampler.rank, store.samples))
+
+    def setup(self, stage: str) -> None:
+        """Refuse distributed launches that cannot build one bank (BTM supports Lightning's ``ddp``).
+
+        Args:
+            stage (str): ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
+        """
+        super().setup(stage)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.world_size <= 1:
+            return
+        if not isinstance(trainer.strategy, DDPStrategy):
+            msg = (
+                f"BTM runs on several processes with Lightning's DDP strategy only (--trainer.strategy ddp); "
+                f"got {type(trainer.strategy).__name__}."
+            )
+            raise ValueError(msg)
+        if stage == "fit":
+            launcher = getattr(trainer.strategy, "launcher", None)
+            if launcher is not None and type(launcher).__name__ == "_MultiProcessingLauncher":
+                msg = (
+                    f"BTM cannot fit with strategy {type(trainer.strategy).__name__} started by multiprocessing "
+                    "(ddp_spawn / ddp_fork / ddp_notebook): the memory bank built in the worker processes is not "
+                    "returned. Use --trainer.strategy ddp (a script or the anomalib CLI, not a notebook)."
+                )
+                raise ValueError(msg)
+            if self.coreset_method != "pruned":
+                msg = (
+                    f"coreset_method={self.coreset_method!r} runs on one process; a distributed fit "
+                    f"({trainer.world_size} processes) needs coreset_method='pruned' (the default)."
+                )
+                raise ValueError(msg)
+            if self.coreset_chunk_size is not None:
+                msg = "coreset_chunk_size cannot be combined with a distributed fit; drop it or train on one device."
+                raise ValueError(msg)
+            skip_ddp_wrapper(trainer.strategy)
+        if trainer.datamodule is not None and "_restore_datamodule" not in self.__dict__:
+            self.__dict__["_restore_datamodule"] = unpadded_eval_dataloaders(
+                trainer.datamodule, trainer.world_size, trainer.global_rank
+            )
+
+    def teardown(self, stage: str) -> None:
+        """Give the datamodule its own dataloader methods back (see :meth:`setup`).
+
+        Args:
+            stage (str): ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
+        """
+        super().teardown(stage)
+        restore = self.__dict__.pop("_restore_datamodule", None)
+        if restore is not None:
+            restore()
+
     def on_train_start(self) -> None:
-        """Size the feature store for the whole training set, so that it is allocated once."""
+        """Size the feature store for this process's share of the training set, so that it is allocated once."""
         dataloader = getattr(self.trainer, "train_dataloader", None)
-        dataset = getattr(dataloader, "dataset", None)
-        if dataset is not None and hasattr(dataset, "__len__"):
-            self.model.embedding_store.expect(len(dataset))
+        sampler = getattr(dataloader, "sampler", None)
+        if sampler is not None and hasattr(sampler, "__len__"):
+            self.model.embedding_store.expect(len(sampler))
 
     def _show_progress(self) -> bool:
         trainer = getattr(self, "_trainer", None)
@@ -469,12 +566,15 @@ class BTM(MemoryBankMixin, AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """One epoch, no gradient clipping, no sanity validation (it would fit an empty bank), one device.
+        """One epoch, no gradient clipping, no sanity validation (it would fit an empty bank).
+
+        The devices are Lightning's to choose (``--trainer.devices``, ``--trainer.strategy ddp``,
+        ``--trainer.num_nodes``): several processes give the bank and metrics of one (see :mod:`.distributed`).
 
         Returns:
             dict[str, Any]: Trainer arguments.
         """
-        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
+        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0}
 
     @property
     def learning_type(self) -> LearningType:

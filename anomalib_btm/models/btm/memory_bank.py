@@ -14,10 +14,12 @@ the bank at ``max_bank_size`` rows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
-from .coreset import KCenterGreedy
+from .coreset import KCenterGreedy, PrunedKCenterGreedy, check_coreset_method
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,9 @@ class EmbeddingStore:
         self.dtype = STORE_DTYPES[dtype]
         self._buffer: torch.Tensor | None = None
         self._rows = 0
+        self._samples = 0
         self._expected_samples: int | None = None
+        self.keys: list[str] = []
 
     def __len__(self) -> int:
         """Number of stored rows."""
@@ -105,6 +109,54 @@ class EmbeddingStore:
             self.reserve(max(2 * self._buffer.shape[0], self._rows + n), dim, self._buffer.device)
         self._buffer[self._rows : self._rows + n].copy_(rows.detach())
         self._rows += n
+        self._samples += samples
+
+    @property
+    def samples(self) -> int:
+        """Number of stored samples (images)."""
+        return self._samples
+
+    @property
+    def rows_per_sample(self) -> int | None:
+        """Rows (patches) per sample, or ``None`` when nothing is stored."""
+        return self._rows // self._samples if self._samples else None
+
+    def tag(self, keys: Sequence[str]) -> None:
+        """Name the samples appended last (their image paths), in order; the names fix the samples' global order.
+
+        Args:
+            keys (Sequence[str]): One key per sample of the last :meth:`append` calls not yet tagged.
+
+        Raises:
+            ValueError: If there are more keys than untagged samples.
+        """
+        if len(self.keys) + len(keys) > self._samples:
+            msg = f"{len(keys)} keys for {self._samples - len(self.keys)} untagged samples in the embedding store."
+            raise ValueError(msg)
+        self.keys.extend(str(key) for key in keys)
+
+    def drop_last(self, samples: int) -> None:
+        """Forget the last ``samples`` samples (e.g. the padding a distributed sampler repeated).
+
+        Args:
+            samples (int): Number of samples to drop from the end.
+        """
+        if samples <= 0:
+            return
+        per_sample = self.rows_per_sample or 0
+        self._rows -= samples * per_sample
+        self._samples -= samples
+        del self.keys[self._samples :]
+
+    def sample_order(self) -> np.ndarray | None:
+        """Global position of every row: samples sorted by key (see :func:`sample_positions`), patches in order.
+
+        Returns:
+            np.ndarray | None: ``(rows,)`` int64 positions, or ``None`` when the samples are not all tagged.
+        """
+        if not self._samples or len(self.keys) != self._samples:
+            return None
+        return row_positions(sample_positions(self.keys), self.rows_per_sample or 0)
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -117,7 +169,38 @@ class EmbeddingStore:
         """Free the buffer."""
         self._buffer = None
         self._rows = 0
+        self._samples = 0
         self._expected_samples = None
+        self.keys = []
+
+
+def sample_positions(keys: Sequence[str]) -> np.ndarray:
+    """Position of every sample when the samples are sorted by key (a stable sort: equal keys keep their order).
+
+    Args:
+        keys (Sequence[str]): One key (image path) per sample.
+
+    Returns:
+        np.ndarray: ``(len(keys),)`` int64 positions.
+    """
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    positions = np.empty(len(keys), dtype=np.int64)
+    positions[np.asarray(order, dtype=np.int64)] = np.arange(len(keys), dtype=np.int64)
+    return positions
+
+
+def row_positions(sample_position: np.ndarray, rows_per_sample: int) -> np.ndarray:
+    """Expand sample positions to row positions (the patches of a sample stay together, in order).
+
+    Args:
+        sample_position (np.ndarray): ``(S,)`` positions of the samples.
+        rows_per_sample (int): Patches per sample.
+
+    Returns:
+        np.ndarray: ``(S * rows_per_sample,)`` int64 positions.
+    """
+    patch = np.arange(rows_per_sample, dtype=np.int64)
+    return (sample_position[:, None] * rows_per_sample + patch[None, :]).reshape(-1)
 
 
 def select_memory_bank(
@@ -126,6 +209,11 @@ def select_memory_bank(
     max_bank_size: int | None = None,
     chunk_size: int | None = None,
     progress: bool = False,
+    *,
+    method: str = "pruned",
+    seed: int | None = None,
+    row_order: np.ndarray | None = None,
+    block_rows: int | None = None,
 ) -> torch.Tensor:
     """Greedy k-center coreset of ``embedding``, whole or chunk by chunk, capped at ``max_bank_size`` rows.
 
@@ -138,13 +226,21 @@ def select_memory_bank(
             union exceeds ``max_bank_size``, once more on the union. ``None`` selects on all rows at once (the
             paper's setting, identical to anomalib's ``KCenterGreedy``).
         progress (bool): Show a progress bar.
+        method (str): ``"pruned"`` (:class:`~.coreset.PrunedKCenterGreedy`) or ``"exact"`` (anomalib's arithmetic,
+            :class:`~.coreset.KCenterGreedy`).
+        seed (int | None): Seed of the projection and the first center; ``None`` for the global generators.
+        row_order (np.ndarray | None): Global position of every row (``"pruned"``, whole-store selection: the first
+            center and ties refer to it, which makes the bank independent of the order the rows arrived in);
+            ``None`` for the storage order.
+        block_rows (int | None): Rows per projection product of ``"pruned"`` (BTM: the patches of one sample).
 
     Returns:
         torch.Tensor: ``(M, D)`` float32 memory bank.
 
     Raises:
-        ValueError: On a bad ``max_bank_size`` or ``chunk_size``.
+        ValueError: On a bad ``max_bank_size``, ``chunk_size`` or ``method``.
     """
+    check_coreset_method(method)
     if max_bank_size is not None and max_bank_size < 1:
         msg = f"max_bank_size must be a positive number of patches or None, got {max_bank_size}."
         raise ValueError(msg)
@@ -153,17 +249,21 @@ def select_memory_bank(
         raise ValueError(msg)
     n_rows = embedding.shape[0]
 
-    def coreset(rows: torch.Tensor, ratio: float) -> torch.Tensor:
-        rows = rows.float()
+    def coreset(rows: torch.Tensor, ratio: float, order: np.ndarray | None = None) -> torch.Tensor:
         if ratio >= 1.0:
-            return rows
-        return KCenterGreedy(rows, sampling_ratio=ratio, progress=progress).sample_coreset()
+            return rows.float()
+        if method == "exact":
+            return KCenterGreedy(rows.float(), sampling_ratio=ratio, seed=seed, progress=progress).sample_coreset()
+        sampler = PrunedKCenterGreedy(
+            rows, ratio, seed=seed, progress=progress, block_rows=block_rows, global_index=order
+        )
+        return sampler.sample_coreset().float()
 
     if chunk_size is None or chunk_size >= n_rows:
         ratio = sampling_ratio
         if max_bank_size is not None and n_rows * ratio > max_bank_size:
             ratio = max_bank_size / n_rows
-        return coreset(embedding, ratio)
+        return coreset(embedding, ratio, row_order)
 
     parts = [coreset(embedding[start : start + chunk_size], sampling_ratio) for start in range(0, n_rows, chunk_size)]
     bank = torch.cat(parts)

@@ -24,6 +24,7 @@ from anomalib.models.components import DynamicBufferMixin
 from torch import nn
 
 from .anomaly_map import AnomalyMapGenerator
+from .distributed import distributed_memory_bank
 from .feature_branches import RGBBranch, XYZBranch, check_feature_upsampling
 from .memory_bank import EmbeddingStore, select_memory_bank
 from .scoring import DualKScorer
@@ -318,6 +319,9 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         progress: bool = False,
         max_bank_size: int | None = None,
         chunk_size: int | None = None,
+        method: str = "pruned",
+        seed: int | None = None,
+        distributed: bool = False,
     ) -> None:
         """Build the memory bank from the stored embeddings with a greedy k-center coreset, then free the store.
 
@@ -326,17 +330,41 @@ class BTMModel(DynamicBufferMixin, nn.Module):
             progress (bool): Show a progress bar.
             max_bank_size (int | None): Upper bound on the bank's rows.
             chunk_size (int | None): Coreset on chunks of this many patches (see :func:`select_memory_bank`).
+            method (str): ``"pruned"`` (default) or ``"exact"`` (see :func:`select_memory_bank`).
+            seed (int | None): Seed of the coreset's projection and first center (``None``: global generators).
+            distributed (bool): Every rank of the process group holds a shard of the training samples; build the
+                bank of their union on every rank (see :mod:`.distributed`).
 
         Raises:
             ValueError: If no embeddings were collected.
         """
-        n_patches = len(self.embedding_store)
-        if n_patches == 0:
+        store = self.embedding_store
+        n_patches = len(store)
+        if n_patches == 0 and not distributed:
             msg = "BTM collected no training features: the training set is empty. Check the datamodule's train split."
             raise ValueError(msg)
         with self.timer("coreset"):
-            self.memory_bank = select_memory_bank(
-                self.embedding_store.embeddings, sampling_ratio, max_bank_size, chunk_size, progress
-            )
-        self.embedding_store.clear()
+            if distributed:
+                self.memory_bank = distributed_memory_bank(
+                    store.embeddings,
+                    store.keys,
+                    store.rows_per_sample or 0,
+                    sampling_ratio,
+                    seed if seed is not None else 0,
+                    max_bank_size,
+                    progress,
+                )
+            else:
+                self.memory_bank = select_memory_bank(
+                    store.embeddings,
+                    sampling_ratio,
+                    max_bank_size,
+                    chunk_size,
+                    progress,
+                    method=method,
+                    seed=seed,
+                    row_order=store.sample_order(),
+                    block_rows=store.rows_per_sample,
+                )
+        store.clear()
         logger.info("BTM memory bank: %d × %d from %d patches.", *self.memory_bank.shape, n_patches)
