@@ -324,3 +324,77 @@ def test_peak_memory_does_not_grow_with_iterations() -> None:
     assert growth_small <= 2 * features_kib + slack_kib, (growth_small, features_kib)
     assert growth_large <= 2 * features_kib + slack_kib, (growth_large, features_kib)
     assert abs(growth_large - growth_small) <= 16 * 1024, (growth_small, growth_large)
+
+
+def _clustered(n_clusters: int, per_cluster: int, d: int, seed: int = 7) -> torch.Tensor:
+    """Patch-like features: tight clusters around spread centres (where the pruning skips most distances)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_clusters, 1, d, generator=generator) * 4
+    return (centres + 0.5 * torch.randn(n_clusters, per_cluster, d, generator=generator)).reshape(-1, d)
+
+
+@pytest.mark.parametrize(
+    ("embedding", "ratio", "seed"),
+    [
+        (_clustered(30, 100, 64), 0.1, 0),
+        (_clustered(30, 100, 64), 0.02, 5),
+        (_embedding(1500, 48), 0.05, 3),  # unstructured: little to prune, same selection
+        (_clustered(8, 40, 1569), 0.25, 1),  # BTM's width: projected to fewer dimensions
+    ],
+)
+def test_pruned_selects_what_the_plain_loop_selects(embedding: torch.Tensor, ratio: float, seed: int) -> None:
+    """``coreset_method="pruned"`` returns the exact loop's indices, in order, with the same seed."""
+    from anomalib_btm.models.btm.coreset import PrunedKCenterGreedy
+
+    pruned = PrunedKCenterGreedy(embedding, ratio, seed=seed)
+    picks = pruned.select_coreset_idxs()
+    assert picks == [int(i) for i in KCenterGreedy(embedding, ratio, seed=seed).select_coreset_idxs()]
+    assert len(picks) == int(embedding.shape[0] * ratio)
+    assert 0 < pruned.measured <= embedding.shape[0] * len(picks)
+
+
+def test_pruned_measures_a_fraction_of_the_distances_on_clustered_features() -> None:
+    """Triangle-inequality pruning skips most distance evaluations on patch-like features."""
+    from anomalib_btm.models.btm.coreset import PrunedKCenterGreedy
+
+    embedding = _clustered(60, 100, 128)
+    pruned = PrunedKCenterGreedy(embedding, 0.1, seed=0)
+    picks = pruned.select_coreset_idxs()
+    assert pruned.measured < 0.5 * embedding.shape[0] * len(picks)
+
+
+def test_pruned_selection_follows_the_global_order_not_the_storage_order() -> None:
+    """Rows stored in another order but tagged with their global positions give the same global picks and rows."""
+    from anomalib_btm.models.btm.coreset import PrunedKCenterGreedy
+
+    embedding = _clustered(20, 50, 32)
+    permutation = torch.randperm(embedding.shape[0], generator=torch.Generator().manual_seed(3))
+    reference = PrunedKCenterGreedy(embedding, 0.05, seed=11)
+    stored = PrunedKCenterGreedy(embedding[permutation], 0.05, seed=11, global_index=permutation.numpy())
+    assert stored.select_coreset_idxs() == reference.select_coreset_idxs()
+    rows = PrunedKCenterGreedy(embedding[permutation], 0.05, seed=11, global_index=permutation.numpy())
+    assert torch.equal(rows.sample_coreset(), reference.sample_coreset())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"block_rows": 0}, "block_rows"),
+        ({"global_index": np.arange(5)}, "global_index"),
+        ({"exchange": lambda value, index, row: (index, row)}, "needs a seed shared by every process"),
+    ],
+)
+def test_pruned_bad_arguments(kwargs: dict, match: str) -> None:
+    """Wrong block sizes, positions or a distributed run without a seed are named."""
+    from anomalib_btm.models.btm.coreset import PrunedKCenterGreedy
+
+    with pytest.raises(ValueError, match=match):
+        PrunedKCenterGreedy(_embedding(100, 8), 0.1, **kwargs)
+
+
+def test_unknown_coreset_method_is_refused() -> None:
+    """``coreset_method`` other than pruned/exact fails when the model is built, with the choices."""
+    from anomalib_btm import BTM
+
+    with pytest.raises(ValueError, match=r"coreset_method must be one of \('pruned', 'exact'\), got 'fast'"):
+        BTM(backbone="resnet18", pre_trained=False, coreset_method="fast")
