@@ -374,7 +374,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
                 msg = (
                     f"BTM cannot fit with strategy {type(trainer.strategy).__name__} started by multiprocessing "
                     "(ddp_spawn / ddp_fork / ddp_notebook): the memory bank built in the worker processes is not "
-                    "returned. Use --trainer.strategy ddp (a script or the anomalib CLI, not a notebook)."
+                    "returned. Use --trainer.strategy ddp from a script or the anomalib CLI, or one device (devices=1)."
                 )
                 raise ValueError(msg)
             if self.coreset_method != "pruned":
