@@ -676,7 +676,9 @@ class PrunedKCenterGreedy:
                 index, centers[step] = self._exchange(value, row, features)
                 picks.append(index)
                 if step == 0:
-                    _first_center(features, centers[0], min_distances, nearest, head, link, radius, farthest)
+                    _first_center(
+                        features, centers[0], min_distances, nearest, head, link, radius, farthest, self.global_index
+                    )
                     self.measured += n
                 else:
                     _center_distances(centers, step, centers[step], center_distances)

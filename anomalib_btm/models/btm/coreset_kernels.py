@@ -55,8 +55,12 @@ def _first_center(
     link: np.ndarray,
     radius: np.ndarray,
     farthest: np.ndarray,
+    order: np.ndarray,
 ) -> None:
-    """Put every point in cluster 0 (the first center) and measure its distance."""
+    """Put every point in cluster 0 (the first center) and measure its distance.
+
+    ``order[row]`` is the row's global index: of equally far points the smallest index is the cluster's farthest.
+    """
     n = features.shape[0]
     best = -1.0
     best_row = -1
@@ -65,7 +69,7 @@ def _first_center(
         min_distances[row] = d
         nearest[row] = 0
         link[row] = row + 1 if row + 1 < n else -1
-        if d > best:
+        if d > best or (d == best and order[row] < order[best_row]):
             best = d
             best_row = row
     head[0] = 0 if n > 0 else -1

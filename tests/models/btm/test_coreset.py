@@ -368,6 +368,7 @@ def test_pruned_selection_follows_the_global_order_not_the_storage_order() -> No
     from anomalib_btm.models.btm.coreset import PrunedKCenterGreedy
 
     embedding = _clustered(20, 50, 32)
+    embedding[500:600] = embedding[0]  # identical patches (a flat background): exact ties, broken by global index
     permutation = torch.randperm(embedding.shape[0], generator=torch.Generator().manual_seed(3))
     reference = PrunedKCenterGreedy(embedding, 0.05, seed=11)
     stored = PrunedKCenterGreedy(embedding[permutation], 0.05, seed=11, global_index=permutation.numpy())
