@@ -47,6 +47,7 @@ import torch
 from anomalib.metrics import AUPRO, AUROC
 from matplotlib.figure import Figure
 
+from anomalib_btm.features.fpfh import FPFH_BACKENDS
 from anomalib_btm.models.btm.lightning_model import BTM
 from anomalib_btm.models.btm.scoring import PIXEL_METRICS, DualKScorer, knn
 from anomalib_btm.models.btm.torch_model import BTMModel
@@ -464,7 +465,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="true (ImageNet: timm's cache or a download), false (random), or a local weights file "
         "(offline: python -m anomalib_btm.weights efficientnet-lite0 FILE).",
     )
-    parser.add_argument("--fpfh-backend", default="torch", choices=("open3d", "torch"))
+    parser.add_argument("--fpfh-backend", default="torch", choices=FPFH_BACKENDS)
     parser.add_argument("--coreset-sampling-ratio", type=float, default=0.1)
     parser.add_argument("--pixel-metric", default="squared_mean", choices=PIXEL_METRICS)
     parser.add_argument("--image-size", type=int, default=224, help="Working size of the pre-processor.")

@@ -28,13 +28,12 @@ from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 from torch.nn import functional as F
 
-from anomalib_btm.features.fpfh import FPFH_DIM, compute_fpfh
+from anomalib_btm.features.fpfh import FPFH_BACKENDS, FPFH_DIM, compute_fpfh
 from anomalib_btm.features.fpfh_torch import check_torch_options
 from anomalib_btm.weights import PretrainedWeightsError, download_error, missing_file_error, report_in_anomalib_cli
 
 logger = logging.getLogger(__name__)
 
-FPFH_BACKENDS: tuple[str, ...] = ("open3d", "torch")
 #: How deeper RGB feature maps reach the patch grid: BTF's adaptive average pooling (14 → 28 replicates each value
 #: into a 2 × 2 block; BTM's faithful default) or PatchCore's bilinear interpolation (``align_corners=False``).
 FEATURE_UPSAMPLING: tuple[str, ...] = ("adaptive_avg_pool", "bilinear")
