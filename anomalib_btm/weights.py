@@ -31,6 +31,8 @@ from types import TracebackType
 
 import torch
 
+from anomalib_btm.files import atomic_write
+
 #: Backbone and feature layers that match the converted weights (stride 8 and 16, like layer2/layer3).
 EFFICIENTNET_LITE0_BACKBONE = "tf_efficientnet_lite0"
 EFFICIENTNET_LITE0_LAYERS = ("blocks.2", "blocks.4")
@@ -208,9 +210,7 @@ def _write(output: Path) -> int:
     """
     state = efficientnet_lite0_state_dict()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(output)
+    atomic_write(output, lambda tmp: torch.save(state, tmp))
     print(f"wrote {output} (backbone={EFFICIENTNET_LITE0_BACKBONE}, layers={list(EFFICIENTNET_LITE0_LAYERS)})")
     return 0
 

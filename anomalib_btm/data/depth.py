@@ -34,15 +34,16 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tifffile
 from PIL import Image
+
+from anomalib_btm.files import atomic_write
 
 __all__ = [
     "DEPTH_SUFFIXES",
@@ -80,33 +81,6 @@ MIN_MEDIAN_SPACING_NEAR = 1e-5
 
 def _where(path: str | Path | None, what: str = "XYZ cloud") -> str:
     return f"{what} {path}" if path is not None else what
-
-
-def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Write a file atomically: ``writer`` fills a temporary file next to ``path``, which is then renamed onto it.
-
-    Readers never see a half-written file, and an interrupted write leaves no partial file behind (the temporary
-    file is hidden and removed on error).
-
-    Args:
-        path: Destination file. Its directory must exist.
-        writer: Called with the temporary path (same directory and suffix as ``path``); must write the file there.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(handle)
-    tmp = Path(temporary)
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private to the user
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def check_number(name: str, value: float, positive: bool = True, unit: str = "") -> float:
