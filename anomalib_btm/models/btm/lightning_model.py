@@ -32,14 +32,12 @@ from anomalib import LearningType
 from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models.components import AnomalibModule, MemoryBankMixin
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torch.utils.data import DistributedSampler
-from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_btm.data.depth import check_metric_units, verify_sample_files
 from anomalib_btm.visualize import BTMVisualizer
@@ -59,9 +57,6 @@ if TYPE_CHECKING:
     from torchmetrics import Metric
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BTM(MemoryBankMixin, AnomalibModule):
@@ -176,7 +171,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Default pre-processor: resize to 224 × 224 and ImageNet normalisation (no crop: XYZ stays aligned).
+        """The default pre-processor of anomalib (resize, ImageNet normalisation; no crop) at 224 × 224.
 
         Args:
             image_size (tuple[int, int] | None): Working size. Defaults to ``(224, 224)``.
@@ -184,9 +179,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
         Returns:
             PreProcessor: The pre-processor.
         """
-        image_size = image_size or (224, 224)
-        transform = Compose([Resize(image_size, antialias=True), Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
-        return PreProcessor(transform=transform)
+        return AnomalibModule.configure_pre_processor(image_size or (224, 224))
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
@@ -202,15 +195,6 @@ class BTM(MemoryBankMixin, AnomalibModule):
             AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
         ]
         return Evaluator(test_metrics=test_metrics)
-
-    @staticmethod
-    def configure_post_processor() -> PostProcessor:
-        """Default post-processor of one-class models (score normalisation and thresholds).
-
-        Returns:
-            PostProcessor: The post-processor.
-        """
-        return PostProcessor()
 
     @classmethod
     def configure_visualizer(cls) -> BTMVisualizer:
