@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from anomalib_btm.features.fpfh_numba import (
     _PI,
     _UNIT_SCALE,
     _ZERO,
-    _run_rows,
+    _pool,
     _safe_div,
     _smallest_eigenvector,
 )
@@ -78,6 +79,27 @@ _SELECT_SMALL = 8
 """A bracket of at most this many values is selected exactly (the normal's k-th distance among the neighbours)."""
 _NEAREST_SMALL = 1
 """The same for the neighbour lists, which aim at a threshold that holds exactly ``k`` (a cheaper compaction)."""
+_CHUNKS_PER_THREAD = 16
+"""Row chunks per thread of each phase, taken in turn by the threads that are free (see :func:`_run_chunks`)."""
+
+
+def _run_chunks(kernel: Callable[..., None], rows: int, *args: object) -> None:
+    """Run ``kernel(start, stop, *args)`` over ``rows`` on ``torch.get_num_threads()`` threads, in small chunks.
+
+    Each phase ends with its slowest thread. On an idle machine chunks of equal rows cost about alike; where other
+    processes take a core part of the time, threads do not run alike, and :data:`_CHUNKS_PER_THREAD` chunks per
+    thread, taken in turn from the pool's queue, leave the others at most a small chunk to wait for at the end.
+    """
+    threads = max(1, torch.get_num_threads())
+    if threads == 1 or rows < 2:
+        kernel(0, rows, *args)
+        return
+    pool = _pool(threads)
+    chunks = min(rows, _CHUNKS_PER_THREAD * threads)
+    bounds = [rows * index // chunks for index in range(chunks + 1)]
+    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(chunks)]
+    for future in futures:
+        future.result()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -695,8 +717,8 @@ def _search(
     counts = np.zeros(n, np.int32)
     points_normals = _reused((n, 8), np.float32, "points_normals" if reuse else None)
     radii2 = (radius * radius, normal_radius * normal_radius)
-    _run_rows(_knn_rows, n, sorted_xyz, sorted_index, sorted_cell, start, origin, cell, dims, k, radii2[0], normal_k,
-              radii2[1], camera, neighbours, distances, counts, points_normals)  # fmt: skip
+    _run_chunks(_knn_rows, n, sorted_xyz, sorted_index, sorted_cell, start, origin, cell, dims, k, radii2[0],
+                normal_k, radii2[1], camera, neighbours, distances, counts, points_normals)  # fmt: skip
     return neighbours, distances, counts, points_normals
 
 
@@ -925,8 +947,8 @@ def fpfh_knn_numba(
                                                                 normal_max_nn, 2.0 * voxel_size,
                                                                 normal_orientation == "camera", reuse=True)  # fmt: skip
         spfh = _reused((n, 3 * _NUM_BINS), np.float32, "spfh")
-        _run_rows(_spfh_rows, n, points_normals, neighbours, counts, spfh)
-        _run_rows(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
+        _run_chunks(_spfh_rows, n, points_normals, neighbours, counts, spfh)
+        _run_chunks(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
     return torch.from_numpy(out.reshape(batch, 3 * _NUM_BINS, height, width))
 
 
