@@ -797,6 +797,8 @@ def _spfh_rows(
     hx = np.empty(width, np.float32)
     hy = np.empty(width, np.float32)
     hz = np.empty(width, np.float32)
+    ax = np.empty(width, np.float32)
+    ay = np.empty(width, np.float32)
     b0 = np.empty(width, np.int32)
     b1 = np.empty(width, np.int32)
     b2 = np.empty(width, np.int32)
@@ -835,10 +837,14 @@ def _spfh_rows(
             f2 = _ZERO if degenerate else (-e2 if swap else e1) / math.sqrt(s)
             f1 = _ZERO if degenerate else g / v_norm
             numerator = -(e1 - e2 * c) if swap else -(e1 * c - e2)
-            f0 = _ZERO if degenerate else _atan2_one_division(numerator, c * v_norm)
-            b0[j] = _bin_clamped(f0, -_PI, _ANGLE_SCALE)
+            ay[j] = _ZERO if degenerate else numerator  # atan2(0, 1) = 0: the bin of a degenerate pair
+            ax[j] = _ONE if degenerate else c * v_norm
             b1[j] = _bin_clamped(f1, -_ONE, _UNIT_SCALE)
             b2[j] = _bin_clamped(f2, -_ONE, _UNIT_SCALE)
+        # The angle in a loop of its own: with its constants in the loop above, LLVM runs out of vector registers
+        # and reloads constants in every iteration (measured: SPFH 34 -> 30 ms per cloud, one thread).
+        for j in range(m):
+            b0[j] = _bin_clamped(_atan2_one_division(ay[j], ax[j]), -_PI, _ANGLE_SCALE)
         # Histograms by one counting pass per bin (vectorised; a scatter of increments is slower, and so is writing
         # the scaled counts to spfh inside this loop: measured 35 vs 50 ms per cloud).
         for b in range(_NUM_BINS):
