@@ -59,8 +59,6 @@ _TAN_PI_8 = _F32(math.tan(math.pi / 8))
 """Above this ratio of its arguments ``atan2`` reduces them (Cephes' ``atanf``)."""
 _JIT_SUMS = {**_JIT, "fastmath": _FLAGS | {"reassoc"}}
 """Float32 sums that LLVM may reorder, so that it vectorises them (the covariance of the normals)."""
-_JIT_MAX = {**_JIT, "fastmath": _FLAGS | {"nnan", "reassoc"}}
-"""A maximum of values that are never NaN, which LLVM vectorises."""
 
 _CELL_FACTOR = 0.5
 """Grid cell edge relative to the estimated ``k``-th neighbour distance on a frontal surface (speed only)."""
@@ -75,10 +73,10 @@ _GAP = 16
 long vectorised copy is cheaper than many short ones)."""
 _SELECT_PASSES = 8
 """Counting passes of the k-th distance selection before the remaining bracket is selected exactly (ties)."""
-_SELECT_SMALL = 8
-"""A bracket of at most this many values is selected exactly (the normal's k-th distance among the neighbours)."""
-_NEAREST_SMALL = 1
-"""The same for the neighbour lists, which aim at a threshold that holds exactly ``k`` (a cheaper compaction)."""
+_SELECT_SMALL = 1
+"""A bracket of at most this many values is selected exactly. At 1 the passes aim at a threshold that holds exactly
+``k`` values, which is all that the neighbour lists and the normal's covariance need (no selection, a cheaper
+compaction); a quickselect remains for ties and passes that run out."""
 _CHUNKS_PER_THREAD = 16
 """Row chunks per thread of each phase, taken in turn by the threads that are free (see :func:`_run_chunks`)."""
 
@@ -178,15 +176,6 @@ def _kth_smallest(values: np.ndarray, count: int, k: int) -> float:
     return values[target]
 
 
-@njit(**_JIT_MAX)
-def _largest_at_most(values: np.ndarray, m: int, threshold: float) -> float:
-    """The largest of ``values[:m]`` that is at most ``threshold`` (vectorised: distances are never NaN)."""
-    largest = -1.0
-    for i in range(m):
-        largest = max(largest, values[i] if values[i] <= threshold else -1.0)
-    return largest
-
-
 @njit(**_JIT)
 def _count_at_most(values: np.ndarray, m: int, threshold: float) -> int:
     """How many of ``values[:m]`` are at most ``threshold`` (vectorised)."""
@@ -243,19 +232,20 @@ def _bracket(
 def _kth_distance(
     values: np.ndarray, m: int, k: int, limit: float, guess: float, scratch: np.ndarray
 ) -> tuple[float, int]:
-    """The ``take``-th smallest of ``values[:m]`` among those at most ``limit``, ``take = min(k, admissible)``.
+    """A threshold that the ``take`` smallest of ``values[:m]`` at most ``limit`` are at most, and ``take``.
 
-    The few values left in the :func:`_bracket` are selected exactly (a count of exactly ``take`` ends with their
-    largest).
+    ``take = min(k, admissible)``. The threshold is the top of the :func:`_bracket` when it holds exactly ``take``
+    values (nothing else is at most it), else (ties) the ``take``-th smallest value, selected exactly among the few
+    left in the bracket.
 
     Returns:
-        The value (``0`` when nothing is admissible) and ``take``.
+        The threshold (``0`` when nothing is admissible) and ``take``.
     """
     low, count_low, high, count_high, take = _bracket(values, m, k, limit, guess, _SELECT_SMALL)
     if take == 0:
         return 0.0, 0
     if count_high == take:
-        return _largest_at_most(values, m, high), take
+        return high, take
     size = 0
     for i in range(m):  # branch-free compaction
         value = values[i]
@@ -278,7 +268,7 @@ def _nearest(
         A bound at least the ``take``-th value and below every value left out (the top of the bracket, or the
         ``take``-th value itself when there are ties; ``0`` when nothing is admissible) and ``take``.
     """
-    low, count_low, high, _, take = _bracket(values, m, k, limit, guess, _NEAREST_SMALL)
+    low, count_low, high, _, take = _bracket(values, m, k, limit, guess, _SELECT_SMALL)
     if take == 0:
         return 0.0, 0
     written = 0
@@ -518,11 +508,12 @@ def _neighbours_and_normal(
     counts: np.ndarray,
     points_normals: np.ndarray,
 ) -> float:
-    """Write the neighbour list (candidates at ``found[:take]``) and normal of ``q``; the normal's ``k``-th distance.
+    """Write the neighbour list (candidates at ``found[:take]``) and normal of ``q``; the normal's distance threshold.
 
     The normal's neighbourhood, the ``normal_k`` nearest within the normal radius, is selected among the neighbours
-    (the nearest ``take`` contain it); its covariance is summed over the candidates at most that far (ties at the
-    normal's ``k``-th distance beyond ``normal_k`` are dropped in storage order, a second pass only when there are).
+    (the nearest ``take`` contain it, :func:`_kth_distance`); its covariance is summed over the candidates at most
+    that far (ties at the normal's ``k``-th distance beyond ``normal_k`` are dropped in storage order, a second pass
+    only when there are). The threshold is the next query's first guess.
     """
     row, row_squared = neighbours[q], distances[q]
     for j in range(take):
