@@ -20,8 +20,8 @@ real one:
   ``2 * voxel_size``, selected among the FPFH neighbours in the same pass), SPFH and the ``1/d²``-weighted FPFH sum
   over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads, with the pair-feature
   arithmetic, eigen solver and histogram bins of :mod:`anomalib_btm.features.fpfh_numba` (``atan2`` with one
-  division instead of two). About 120 ms of CPU time per 224² cloud (~49k points): 62-70 ms on two threads,
-  12-13× Open3D (``benchmarks/fpfh.py``).
+  division instead of two). About 112 ms of CPU time per 224² cloud (~49k points), split over the threads in small
+  chunks (``benchmarks/fpfh.py`` times it against Open3D).
 * :func:`fpfh_knn_torch`: the same definition in torch with a chunked brute-force search (``cdist`` + ``topk``),
   for CUDA tensors, float64 input and as an independent reference in the tests. Its shapes depend on the number of
   valid points, so it does not export: exported graphs use the pixel window (see ``fpfh_torch``).
