@@ -20,8 +20,8 @@ real one:
   ``2 * voxel_size``, selected among the FPFH neighbours in the same pass), SPFH and the ``1/d²``-weighted FPFH sum
   over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads, with the pair-feature
   arithmetic, eigen solver and histogram bins of :mod:`anomalib_btm.features.fpfh_numba` (``atan2`` with one
-  division instead of two). About 120 ms of CPU time per 224² cloud (~49k points): 62-70 ms on two threads,
-  12-13× Open3D (``benchmarks/fpfh.py``).
+  division instead of two). About 112 ms of CPU time per 224² cloud (~49k points), split over the threads in small
+  chunks (``benchmarks/fpfh.py`` times it against Open3D).
 * :func:`fpfh_knn_torch`: the same definition in torch with a chunked brute-force search (``cdist`` + ``topk``),
   for CUDA tensors, float64 input and as an independent reference in the tests. Its shapes depend on the number of
   valid points, so it does not export: exported graphs use the pixel window (see ``fpfh_torch``).
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from anomalib_btm.features.fpfh_numba import (
     _PI,
     _UNIT_SCALE,
     _ZERO,
-    _run_rows,
+    _pool,
     _safe_div,
     _smallest_eigenvector,
 )
@@ -58,8 +59,6 @@ _TAN_PI_8 = _F32(math.tan(math.pi / 8))
 """Above this ratio of its arguments ``atan2`` reduces them (Cephes' ``atanf``)."""
 _JIT_SUMS = {**_JIT, "fastmath": _FLAGS | {"reassoc"}}
 """Float32 sums that LLVM may reorder, so that it vectorises them (the covariance of the normals)."""
-_JIT_MAX = {**_JIT, "fastmath": _FLAGS | {"nnan", "reassoc"}}
-"""A maximum of values that are never NaN, which LLVM vectorises."""
 
 _CELL_FACTOR = 0.5
 """Grid cell edge relative to the estimated ``k``-th neighbour distance on a frontal surface (speed only)."""
@@ -74,10 +73,31 @@ _GAP = 16
 long vectorised copy is cheaper than many short ones)."""
 _SELECT_PASSES = 8
 """Counting passes of the k-th distance selection before the remaining bracket is selected exactly (ties)."""
-_SELECT_SMALL = 8
-"""A bracket of at most this many values is selected exactly (the normal's k-th distance among the neighbours)."""
-_NEAREST_SMALL = 1
-"""The same for the neighbour lists, which aim at a threshold that holds exactly ``k`` (a cheaper compaction)."""
+_SELECT_SMALL = 1
+"""A bracket of at most this many values is selected exactly. At 1 the passes aim at a threshold that holds exactly
+``k`` values, which is all that the neighbour lists and the normal's covariance need (no selection, a cheaper
+compaction); a quickselect remains for ties and passes that run out."""
+_CHUNKS_PER_THREAD = 16
+"""Row chunks per thread of each phase, taken in turn by the threads that are free (see :func:`_run_chunks`)."""
+
+
+def _run_chunks(kernel: Callable[..., None], rows: int, *args: object) -> None:
+    """Run ``kernel(start, stop, *args)`` over ``rows`` on ``torch.get_num_threads()`` threads, in small chunks.
+
+    Each phase ends with its slowest thread. On an idle machine chunks of equal rows cost about alike; where other
+    processes take a core part of the time, threads do not run alike, and :data:`_CHUNKS_PER_THREAD` chunks per
+    thread, taken in turn from the pool's queue, leave the others at most a small chunk to wait for at the end.
+    """
+    threads = max(1, torch.get_num_threads())
+    if threads == 1 or rows < 2:
+        kernel(0, rows, *args)
+        return
+    pool = _pool(threads)
+    chunks = min(rows, _CHUNKS_PER_THREAD * threads)
+    bounds = [rows * index // chunks for index in range(chunks + 1)]
+    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(chunks)]
+    for future in futures:
+        future.result()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -156,15 +176,6 @@ def _kth_smallest(values: np.ndarray, count: int, k: int) -> float:
     return values[target]
 
 
-@njit(**_JIT_MAX)
-def _largest_at_most(values: np.ndarray, m: int, threshold: float) -> float:
-    """The largest of ``values[:m]`` that is at most ``threshold`` (vectorised: distances are never NaN)."""
-    largest = -1.0
-    for i in range(m):
-        largest = max(largest, values[i] if values[i] <= threshold else -1.0)
-    return largest
-
-
 @njit(**_JIT)
 def _count_at_most(values: np.ndarray, m: int, threshold: float) -> int:
     """How many of ``values[:m]`` are at most ``threshold`` (vectorised)."""
@@ -221,19 +232,20 @@ def _bracket(
 def _kth_distance(
     values: np.ndarray, m: int, k: int, limit: float, guess: float, scratch: np.ndarray
 ) -> tuple[float, int]:
-    """The ``take``-th smallest of ``values[:m]`` among those at most ``limit``, ``take = min(k, admissible)``.
+    """A threshold that the ``take`` smallest of ``values[:m]`` at most ``limit`` are at most, and ``take``.
 
-    The few values left in the :func:`_bracket` are selected exactly (a count of exactly ``take`` ends with their
-    largest).
+    ``take = min(k, admissible)``. The threshold is the top of the :func:`_bracket` when it holds exactly ``take``
+    values (nothing else is at most it), else (ties) the ``take``-th smallest value, selected exactly among the few
+    left in the bracket.
 
     Returns:
-        The value (``0`` when nothing is admissible) and ``take``.
+        The threshold (``0`` when nothing is admissible) and ``take``.
     """
     low, count_low, high, count_high, take = _bracket(values, m, k, limit, guess, _SELECT_SMALL)
     if take == 0:
         return 0.0, 0
     if count_high == take:
-        return _largest_at_most(values, m, high), take
+        return high, take
     size = 0
     for i in range(m):  # branch-free compaction
         value = values[i]
@@ -256,7 +268,7 @@ def _nearest(
         A bound at least the ``take``-th value and below every value left out (the top of the bracket, or the
         ``take``-th value itself when there are ties; ``0`` when nothing is admissible) and ``take``.
     """
-    low, count_low, high, _, take = _bracket(values, m, k, limit, guess, _NEAREST_SMALL)
+    low, count_low, high, _, take = _bracket(values, m, k, limit, guess, _SELECT_SMALL)
     if take == 0:
         return 0.0, 0
     written = 0
@@ -496,11 +508,12 @@ def _neighbours_and_normal(
     counts: np.ndarray,
     points_normals: np.ndarray,
 ) -> float:
-    """Write the neighbour list (candidates at ``found[:take]``) and normal of ``q``; the normal's ``k``-th distance.
+    """Write the neighbour list (candidates at ``found[:take]``) and normal of ``q``; the normal's distance threshold.
 
     The normal's neighbourhood, the ``normal_k`` nearest within the normal radius, is selected among the neighbours
-    (the nearest ``take`` contain it); its covariance is summed over the candidates at most that far (ties at the
-    normal's ``k``-th distance beyond ``normal_k`` are dropped in storage order, a second pass only when there are).
+    (the nearest ``take`` contain it, :func:`_kth_distance`); its covariance is summed over the candidates at most
+    that far (ties at the normal's ``k``-th distance beyond ``normal_k`` are dropped in storage order, a second pass
+    only when there are). The threshold is the next query's first guess.
     """
     row, row_squared = neighbours[q], distances[q]
     for j in range(take):
@@ -695,8 +708,8 @@ def _search(
     counts = np.zeros(n, np.int32)
     points_normals = _reused((n, 8), np.float32, "points_normals" if reuse else None)
     radii2 = (radius * radius, normal_radius * normal_radius)
-    _run_rows(_knn_rows, n, sorted_xyz, sorted_index, sorted_cell, start, origin, cell, dims, k, radii2[0], normal_k,
-              radii2[1], camera, neighbours, distances, counts, points_normals)  # fmt: skip
+    _run_chunks(_knn_rows, n, sorted_xyz, sorted_index, sorted_cell, start, origin, cell, dims, k, radii2[0],
+                normal_k, radii2[1], camera, neighbours, distances, counts, points_normals)  # fmt: skip
     return neighbours, distances, counts, points_normals
 
 
@@ -775,6 +788,8 @@ def _spfh_rows(
     hx = np.empty(width, np.float32)
     hy = np.empty(width, np.float32)
     hz = np.empty(width, np.float32)
+    ax = np.empty(width, np.float32)
+    ay = np.empty(width, np.float32)
     b0 = np.empty(width, np.int32)
     b1 = np.empty(width, np.int32)
     b2 = np.empty(width, np.int32)
@@ -813,10 +828,14 @@ def _spfh_rows(
             f2 = _ZERO if degenerate else (-e2 if swap else e1) / math.sqrt(s)
             f1 = _ZERO if degenerate else g / v_norm
             numerator = -(e1 - e2 * c) if swap else -(e1 * c - e2)
-            f0 = _ZERO if degenerate else _atan2_one_division(numerator, c * v_norm)
-            b0[j] = _bin_clamped(f0, -_PI, _ANGLE_SCALE)
+            ay[j] = _ZERO if degenerate else numerator  # atan2(0, 1) = 0: the bin of a degenerate pair
+            ax[j] = _ONE if degenerate else c * v_norm
             b1[j] = _bin_clamped(f1, -_ONE, _UNIT_SCALE)
             b2[j] = _bin_clamped(f2, -_ONE, _UNIT_SCALE)
+        # The angle in a loop of its own: with its constants in the loop above, LLVM runs out of vector registers
+        # and reloads constants in every iteration (measured: SPFH 34 -> 30 ms per cloud, one thread).
+        for j in range(m):
+            b0[j] = _bin_clamped(_atan2_one_division(ay[j], ax[j]), -_PI, _ANGLE_SCALE)
         # Histograms by one counting pass per bin (vectorised; a scatter of increments is slower, and so is writing
         # the scaled counts to spfh inside this loop: measured 35 vs 50 ms per cloud).
         for b in range(_NUM_BINS):
@@ -925,8 +944,8 @@ def fpfh_knn_numba(
                                                                 normal_max_nn, 2.0 * voxel_size,
                                                                 normal_orientation == "camera", reuse=True)  # fmt: skip
         spfh = _reused((n, 3 * _NUM_BINS), np.float32, "spfh")
-        _run_rows(_spfh_rows, n, points_normals, neighbours, counts, spfh)
-        _run_rows(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
+        _run_chunks(_spfh_rows, n, points_normals, neighbours, counts, spfh)
+        _run_chunks(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
     return torch.from_numpy(out.reshape(batch, 3 * _NUM_BINS, height, width))
 
 

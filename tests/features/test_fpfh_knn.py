@@ -200,3 +200,48 @@ def test_knn_fpfh_results_do_not_share_the_reused_buffers() -> None:
     assert torch.equal(first, kept)
     assert torch.equal(second[0], second[1])
     torch.testing.assert_close(compute_fpfh(first_cloud, backend="torch"), first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_kth_distance_is_a_threshold_that_holds_the_take_nearest(ties: bool) -> None:
+    # The normal's neighbourhood is cut at this threshold: exactly the take smallest admissible values are at most
+    # it, or, when values tie at the take-th, it is that value (the caller drops the excess ties).
+    from anomalib_btm.features.fpfh_knn import _kth_distance
+
+    rng = np.random.default_rng(5)
+    scratch = np.empty(200, np.float32)
+    guess, tied = 0.0, 0
+    for trial in range(300):
+        m = int(rng.integers(1, 150))
+        values = rng.random(m).astype(np.float32)
+        if ties:
+            values = np.round(values * 12).astype(np.float32) / 12  # many exact ties
+        k, limit = int(rng.integers(1, 40)), float(rng.choice([2.0, 0.5, 0.05]))
+        threshold, take = _kth_distance(values.copy(), m, k, limit, guess, scratch)
+        admissible = np.sort(values[values <= limit])
+        assert take == min(k, admissible.size), trial
+        if take == 0:
+            assert threshold == 0.0
+            continue
+        assert threshold <= limit
+        exact = (values <= threshold).sum() == take
+        assert exact or threshold == admissible[take - 1], trial
+        tied += 0 if exact else 1
+        guess = threshold * float(rng.uniform(0.5, 2.0))
+    assert (tied > 0) == ties
+
+
+def test_knn_fpfh_does_not_depend_on_the_threads() -> None:
+    # Each phase runs in row chunks per thread; the search's starting reach follows the previous cell of the chunk.
+    xyz = torch.cat([_sensor_cloud("ring60", 96, seed=3, working=64), make_cloud(64, seed=4)[None]])
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(compute_fpfh(xyz, backend="torch"))
+    finally:
+        torch.set_num_threads(threads)
+    assert (results[0] != 0).any()
+    assert torch.equal(results[0], results[1])
+    assert torch.equal(results[0], results[2])
