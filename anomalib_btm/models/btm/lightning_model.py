@@ -92,8 +92,9 @@ class BTM(MemoryBankMixin, AnomalibModule):
         store_dtype (str): ``"float32"`` or ``"float16"`` for the training features held until the coreset.
         coreset_method (str): ``"pruned"`` (default: greedy k-center with triangle-inequality pruning, the same
             selection as the plain loop at a fraction of its cost; runs on one or several DDP processes) or
-            ``"exact"`` (anomalib's ``KCenterGreedy`` arithmetic, one process). ``"pruned"`` draws its projection and
-            first center from the run's seed (``torch.initial_seed()``, rank 0's under DDP).
+            ``"exact"`` (anomalib's ``KCenterGreedy`` arithmetic, one process). Both take the training patches in
+            the order of their image paths and draw the projection and first center from the run's seed
+            (``torch.initial_seed()``, rank 0's under DDP), so they differ only in rounding.
         preset (str): ``"btm"`` (default) or ``"btf"``: BTF's own choices on the same code (no padding in the
             3 × 3 mean, reweighted image score, 1-NN map blurred through 8-bit PIL), so BTF vs BTM is one flag.
         feature_upsampling (str): How the deeper RGB feature map (layer3, 14 × 14) reaches the patch grid (layer2,
@@ -300,11 +301,9 @@ class BTM(MemoryBankMixin, AnomalibModule):
         distributed = is_distributed()
         if distributed:
             self._drop_sampler_padding()
-        seed = None
-        if self.coreset_method == "pruned":
-            seed = torch.initial_seed() % 2**62
-            if distributed:
-                seed = broadcast_seed(seed)
+        seed = torch.initial_seed() % 2**62
+        if distributed:
+            seed = broadcast_seed(seed)
         self.model.subsample_embedding(
             self.coreset_sampling_ratio,
             progress=self._show_progress(),

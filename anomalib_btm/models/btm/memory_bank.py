@@ -229,9 +229,9 @@ def select_memory_bank(
         method (str): ``"pruned"`` (:class:`~.coreset.PrunedKCenterGreedy`) or ``"exact"`` (anomalib's arithmetic,
             :class:`~.coreset.KCenterGreedy`).
         seed (int | None): Seed of the projection and the first center; ``None`` for the global generators.
-        row_order (np.ndarray | None): Global position of every row (``"pruned"``, whole-store selection: the first
-            center and ties refer to it, which makes the bank independent of the order the rows arrived in);
-            ``None`` for the storage order.
+        row_order (np.ndarray | None): Global position of every row (whole-store selection: the first center and
+            ties refer to it, which makes the bank independent of the order the rows arrived in); ``None`` for the
+            storage order.
         block_rows (int | None): Rows per projection product of ``"pruned"`` (BTM: the patches of one sample).
 
     Returns:
@@ -253,6 +253,8 @@ def select_memory_bank(
         if ratio >= 1.0:
             return rows.float()
         if method == "exact":
+            if order is not None:  # the rows in their global order: the same first center as "pruned"
+                rows = rows[torch.from_numpy(np.argsort(order, kind="stable")).to(rows.device)]
             return KCenterGreedy(rows.float(), sampling_ratio=ratio, seed=seed, progress=progress).sample_coreset()
         sampler = PrunedKCenterGreedy(
             rows, ratio, seed=seed, progress=progress, block_rows=block_rows, global_index=order

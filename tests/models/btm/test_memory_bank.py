@@ -81,3 +81,19 @@ def test_chunked_selection_keeps_the_ratio_per_chunk_then_caps() -> None:
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         select_memory_bank(torch.randn(10, 2), 0.5, **kwargs)
+
+
+def test_exact_and_pruned_build_the_same_bank_from_shuffled_samples() -> None:
+    """Both coreset methods take the rows in their global (image-path) order with the run's seed: one bank."""
+    from anomalib_btm.models.btm.memory_bank import row_positions, sample_positions
+
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.randn(12, 1, 40, generator=generator) * 3
+    embedding = (centres + torch.randn(12, 30, 40, generator=generator)).reshape(-1, 40)
+    keys = [f"{i:03d}.png" for i in [5, 2, 9, 0, 11, 3, 7, 1, 8, 4, 10, 6]]
+    order = row_positions(sample_positions(keys), 30)
+    pruned = select_memory_bank(embedding, 0.05, seed=7, row_order=order, block_rows=30)
+    exact = select_memory_bank(embedding, 0.05, seed=7, row_order=order, method="exact")
+    assert torch.equal(pruned, exact)
+    sorted_rows = embedding[torch.from_numpy(np.argsort(order))]
+    assert torch.equal(select_memory_bank(sorted_rows, 0.05, seed=7, method="exact"), exact)
