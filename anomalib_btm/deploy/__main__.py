@@ -25,7 +25,7 @@ from anomalib.data import NumpyImageBatch
 from matplotlib import colormaps
 from PIL import Image
 
-from .inferencer import BTMInferencer
+from .inferencer import BTMInferencer, load_image
 
 __all__ = ["IMAGE_SUFFIXES", "main", "overlay", "paired_files"]
 
@@ -99,9 +99,8 @@ def _write(result: NumpyImageBatch, image: Path, xyz: Path | None, model: Path, 
     }
     (output / f"{image.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
     if result.anomaly_map is not None:
-        overlay(np.asarray(result.image)[0], np.asarray(result.anomaly_map)[0]).save(
-            output / f"{image.stem}_overlay.png"
-        )
+        picture = overlay(load_image(image)[0], np.asarray(result.anomaly_map)[0])
+        picture.save(output / f"{image.stem}_overlay.png")
     return score, label
 
 

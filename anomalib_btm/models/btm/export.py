@@ -477,8 +477,9 @@ def check_compression(btm: BTM, compression_type: CompressionType | str | None, 
         raise ValueError(msg)
     if kind == CompressionType.INT8_ACQ and btm.model.resolved_modality != "rgb":
         msg = (
-            "compression_type=int8_acq validates through anomalib's single-input loop, which cannot feed the second "
-            "input of an RGB + 3D BTM. Use compression_type=int8_ptq (calibrates image and point cloud) or fp16."
+            "compression_type=int8_acq validates through anomalib's single-input loop, which cannot feed the point "
+            "cloud input (`fpfh` or `xyz`) of an RGB + 3D BTM. Use compression_type=int8_ptq (calibrates image and "
+            "point cloud) or fp16."
         )
         raise ValueError(msg)
 
