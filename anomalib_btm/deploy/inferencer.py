@@ -189,6 +189,7 @@ class BTMInferencer:
         self._config = {**F32_CONFIG, **self._user_config}
         self.model = core.compile_model(model, device, self._config)
         self._static: dict[tuple, Any] = {}
+        self._throughput: dict[tuple | None, Any] = {}
 
     def _compile(self, key: tuple | None, config: dict[str, Any]) -> Any:
         """The model compiled with ``config``, its input shapes fixed to ``key`` (or dynamic for ``None``)."""
@@ -304,7 +305,11 @@ class BTMInferencer:
                 feed = self.feed(image, xyz)
                 key = tuple((name, array.shape) for name, array in feed.items()) if self.static_shapes else None
                 if key not in queues:
-                    queues[key] = ov.AsyncInferQueue(self._compile(key, config), jobs)
+                    if key not in self._throughput:  # compiled once per shape and kept, like the latency models
+                        if len(self._throughput) >= MAX_SHAPES:
+                            self._throughput.pop(next(iter(self._throughput)))
+                        self._throughput[key] = self._compile(key, config)
+                    queues[key] = ov.AsyncInferQueue(self._throughput[key], jobs)
                     queues[key].set_callback(finished)
                 images[index] = feed[self.input_names[0]]
                 queues[key].start_async(feed, userdata=index)
