@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from anomalib.deploy.export import CompressionType
     from anomalib.engine import Engine
     from anomalib.metrics.aupro import _AUPRO
-    from torchmetrics.classification import BinaryAUROC
+    from torchmetrics.functional.classification import binary_auroc
 
     from anomalib_btm import BTM
     from anomalib_btm.data import generate_category
@@ -97,24 +97,26 @@ def main(argv: list[str] | None = None) -> int:
         inferencers = {"float32": BTMInferencer(float_xml), "int8": BTMInferencer(int8_xml)}
 
         datamodule.setup("test")
-        metrics = {name: (BinaryAUROC(), _AUPRO(fpr_limit=0.3)) for name in inferencers}
         scores: dict[str, list[np.ndarray]] = {name: [] for name in inferencers}
         labels: dict[str, list[np.ndarray]] = {name: [] for name in inferencers}
-        files: list[tuple[Path, Path]] = []
+        maps: dict[str, list[torch.Tensor]] = {name: [] for name in inferencers}
+        gt_labels, gt_masks, files = [], [], []
         for batch in datamodule.test_dataloader():
-            files += [
-                (Path(image), Path(cloud)) for image, cloud in zip(batch.image_path, batch.depth_path, strict=True)
-            ]
+            paths = zip(batch.image_path, batch.depth_path, strict=True)
+            files += [(Path(image), Path(cloud)) for image, cloud in paths]
+            gt_labels.append(batch.gt_label.int())
+            gt_masks.append(batch.gt_mask.int())
             for name, inferencer in inferencers.items():
                 result = inferencer.predict(batch.image, batch.depth_map)
-                score = np.asarray(result.pred_score).reshape(-1)
-                anomaly_map = torch.from_numpy(np.asarray(result.anomaly_map)).reshape(batch.gt_mask.shape)
-                image_auroc, aupro = metrics[name]
-                image_auroc.update(torch.from_numpy(score), batch.gt_label.int())
-                aupro.update(anomaly_map, batch.gt_mask.int())
-                scores[name].append(score)
-                labels[name].append(np.asarray(result.pred_label).reshape(-1))
-        quality = {name: (float(auroc.compute()), float(aupro.compute())) for name, (auroc, aupro) in metrics.items()}
+                scores[name].append(np.array(result.pred_score, dtype=np.float32).reshape(-1))
+                labels[name].append(np.array(result.pred_label).reshape(-1))
+                maps[name].append(torch.tensor(np.array(result.anomaly_map)).reshape(batch.gt_mask.shape))
+        quality = {}
+        for name in inferencers:
+            aupro = _AUPRO(fpr_limit=0.3)
+            aupro.update(torch.cat(maps[name]), torch.cat(gt_masks))
+            image_auroc = binary_auroc(torch.from_numpy(np.concatenate(scores[name])), torch.cat(gt_labels))
+            quality[name] = (float(image_auroc), float(aupro.compute()))
         drift = float(np.abs(np.concatenate(scores["int8"]) - np.concatenate(scores["float32"])).max())
         agree = float((np.concatenate(labels["int8"]) == np.concatenate(labels["float32"])).mean())
 
