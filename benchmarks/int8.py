@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 latency[name].append((time.perf_counter() - start) * 1000)
         medians = {name: statistics.median(values) for name, values in latency.items()}
         rows.append((shape, calibrated, len(files), quality, drift, agree, medians))
-        log(f"{category}: {quality}, drift {drift:.4f}, labels {agree:.3f}, latency {medians}")
+        log(f"{category}: {quality}, drift {drift:.2e}, labels {agree:.3f}, latency {medians}")
 
     lines = [
         f"RGB + 3D BTM, backbone {args.backbone} (random weights: no internet), {size}×{size}, {args.n_train} training "
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape, calibrated, tested, quality, drift, agree, medians in rows:
         for name in ("float32", "int8"):
             auroc, aupro = quality[name]
-            delta = "" if name == "float32" else f"{drift:.4f}"
+            delta = "" if name == "float32" else f"{drift:.2e}"
             equal = "" if name == "float32" else f"{agree:.1%}"
             lines.append(
                 f"| {shape} | {calibrated} | {tested} | {name} | {auroc:.3f} | {aupro:.3f} | {delta} | {equal} | "
