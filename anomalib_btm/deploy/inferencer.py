@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from anomalib.data import NumpyImageBatch
 from PIL import Image
 
 from anomalib_btm.data.depth import check_metric_units, read_xyz
+from anomalib_btm.models.btm.export import FPFHInput, read_fpfh_input
 
-__all__ = ["F32_CONFIG", "MAX_SHAPES", "BTMInferencer", "load_image", "load_xyz"]
+__all__ = ["F32_CONFIG", "INPUT_NAMES", "MAX_SHAPES", "THROUGHPUT_CONFIG", "BTMInferencer", "load_image", "load_xyz"]
 
 MAX_SHAPES = 4
 """Input-shape combinations :class:`BTMInferencer` keeps compiled with ``static_shapes=True``."""
@@ -36,7 +38,14 @@ MAX_SHAPES = 4
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 """OpenVINO compile options of :class:`BTMInferencer` (FPFH needs float32, see the module docstring)."""
 
+THROUGHPUT_CONFIG = {**F32_CONFIG, "PERFORMANCE_HINT": "THROUGHPUT"}
+"""OpenVINO compile options of :meth:`BTMInferencer.predict_many` (several streams, one request per stream)."""
+
+INPUT_NAMES = (["input"], ["image", "fpfh"], ["image", "xyz"])
+"""Inputs of a BTM export: RGB only, RGB + 3D with the FPFH from the inferencer, RGB + 3D with the FPFH in the graph."""
+
 ImageInput = str | Path | np.ndarray | torch.Tensor | Image.Image
+XYZInput = str | Path | np.ndarray | torch.Tensor
 
 
 def _batched_chw(array: np.ndarray, name: str, source: str) -> np.ndarray:
@@ -125,13 +134,14 @@ class BTMInferencer:
     """Run an exported BTM (OpenVINO IR ``.xml`` or ``.onnx``) on RGB images and organized point clouds.
 
     The exported graph has dynamic batch and sizes. By default each new combination of input shapes is compiled
-    once with those shapes fixed (OpenVINO plans memory and fuses better: about 1.8× faster for RGB + 3D at 224²,
-    measured in ``benchmarks/export.py``); ``static_shapes=False`` runs the dynamic graph.
+    once with those shapes fixed (OpenVINO plans memory and fuses better: about 1.8× faster for an FPFH graph at
+    224², measured in ``benchmarks/export.py``); ``static_shapes=False`` runs the dynamic graph.
 
     Args:
         path (str | Path): ``model.xml`` (with its ``.bin``) or ``model.onnx`` from ``anomalib export``.
         device (str): OpenVINO device (``"CPU"``, ``"GPU"``, ``"AUTO"``...).
-        config (dict[str, Any] | None): Extra OpenVINO compile options, applied over :data:`F32_CONFIG`.
+        config (dict[str, Any] | None): Extra OpenVINO compile options, applied over :data:`F32_CONFIG` (and over
+            :data:`THROUGHPUT_CONFIG` in :meth:`predict_many`).
         static_shapes (bool): Compile per input shape (kept for the last :data:`MAX_SHAPES` shapes).
 
     Raises:
@@ -158,16 +168,35 @@ class BTMInferencer:
         core = ov.Core()
         model = core.read_model(path)
         self.input_names = [model_input.any_name for model_input in model.inputs]
-        if self.input_names not in (["input"], ["image", "xyz"]):
-            msg = f"Model {path} has inputs {self.input_names}, not those of a BTM export (image, xyz) or (input)."
+        if self.input_names not in INPUT_NAMES:
+            msg = (
+                f"Model {path} has inputs {self.input_names}, not those of a BTM export "
+                f"({' or '.join(str(names) for names in INPUT_NAMES)})."
+            )
+            raise ValueError(msg)
+        self.fpfh_input: FPFHInput | None = read_fpfh_input(model, str(path))
+        if "fpfh" in self.input_names and self.fpfh_input is None:
+            msg = (
+                f"Model {path} takes an `fpfh` input but carries no description of it (metadata entry missing): "
+                "export it again with `anomalib export --model BTM` of this version of anomalib_btm."
+            )
             raise ValueError(msg)
         self.device = device
         self.path = path
         self.static_shapes = static_shapes
         self._core = core
-        self._config = {**F32_CONFIG, **(config or {})}
+        self._user_config = dict(config or {})
+        self._config = {**F32_CONFIG, **self._user_config}
         self.model = core.compile_model(model, device, self._config)
         self._static: dict[tuple, Any] = {}
+        self._throughput: dict[tuple | None, Any] = {}
+
+    def _compile(self, key: tuple | None, config: dict[str, Any]) -> Any:
+        """The model compiled with ``config``, its input shapes fixed to ``key`` (or dynamic for ``None``)."""
+        model = self._core.read_model(self.path)
+        if key is not None:
+            model.reshape({name: list(shape) for name, shape in key})
+        return self._core.compile_model(model, self.device, config)
 
     def _compiled_for(self, feed: dict[str, np.ndarray]) -> Any:
         """The compiled model for these input shapes: the dynamic one, or one compiled with the shapes fixed."""
@@ -175,29 +204,51 @@ class BTMInferencer:
             return self.model
         key = tuple((name, array.shape) for name, array in feed.items())
         if key not in self._static:
-            model = self._core.read_model(self.path)
-            model.reshape({name: list(shape) for name, shape in key})
             if len(self._static) >= MAX_SHAPES:
                 self._static.pop(next(iter(self._static)))
-            self._static[key] = self._core.compile_model(model, self.device, self._config)
+            self._static[key] = self._compile(key, self._config)
         return self._static[key]
 
     @property
     def uses_xyz(self) -> bool:
         """Whether the model takes a point cloud (RGB + 3D or 3D-only export)."""
-        return "xyz" in self.input_names
+        return len(self.input_names) == 2
 
-    def predict(
-        self,
-        image: ImageInput,
-        xyz: str | Path | np.ndarray | torch.Tensor | None = None,
-    ) -> NumpyImageBatch:
+    def feed(self, image: ImageInput, xyz: XYZInput | None = None) -> dict[str, np.ndarray]:
+        """The IR's inputs for a sample or batch: the images, and the clouds or their FPFH maps.
+
+        Args:
+            image (ImageInput): RGB image(s) (see :func:`load_image`).
+            xyz (XYZInput | None): Organized cloud(s) (see :func:`load_xyz`); required by RGB + 3D models.
+
+        Returns:
+            dict[str, np.ndarray]: Arrays by input name.
+
+        Raises:
+            ValueError: If ``xyz`` is missing for an RGB + 3D model, or images and clouds differ in number.
+        """
+        images = load_image(image)
+        if not self.uses_xyz:
+            return {self.input_names[0]: images}
+        if xyz is None:
+            msg = "This BTM model uses point clouds: pass `xyz` (an XYZ TIFF path or an (H, W, 3) array in metres)."
+            raise ValueError(msg)
+        clouds = load_xyz(xyz)
+        if clouds.shape[0] != images.shape[0]:
+            msg = f"Got {images.shape[0]} image(s) but {clouds.shape[0]} cloud(s); pass one cloud per image."
+            raise ValueError(msg)
+        if self.fpfh_input is None:
+            return {"image": images, "xyz": clouds}
+        fpfh = self.fpfh_input(torch.from_numpy(clouds), (int(images.shape[-2]), int(images.shape[-1])))
+        return {"image": images, "fpfh": np.ascontiguousarray(fpfh.numpy())}
+
+    def predict(self, image: ImageInput, xyz: XYZInput | None = None) -> NumpyImageBatch:
         """Score one sample or a batch.
 
         Args:
             image (ImageInput): RGB image(s): a file path, PIL image, or array/tensor (see :func:`load_image`).
-            xyz (str | Path | np.ndarray | torch.Tensor | None): Organized cloud(s) in metres: an XYZ TIFF path or an
-                array/tensor (see :func:`load_xyz`); required by RGB + 3D models.
+            xyz (XYZInput | None): Organized cloud(s) in metres: an XYZ TIFF path or an array/tensor (see
+                :func:`load_xyz`); required by RGB + 3D models.
 
         Returns:
             NumpyImageBatch: ``image`` (as fed), ``pred_score``, ``pred_label``, ``anomaly_map`` and ``pred_mask``.
@@ -205,18 +256,66 @@ class BTMInferencer:
         Raises:
             ValueError: If ``xyz`` is missing for an RGB + 3D model, or images and clouds differ in number.
         """
-        images = load_image(image)
-        if self.uses_xyz:
-            if xyz is None:
-                msg = "This BTM model uses point clouds: pass `xyz` (an XYZ TIFF path or an (H, W, 3) array in metres)."
-                raise ValueError(msg)
-            clouds = load_xyz(xyz)
-            if clouds.shape[0] != images.shape[0]:
-                msg = f"Got {images.shape[0]} image(s) but {clouds.shape[0]} cloud(s); pass one cloud per image."
-                raise ValueError(msg)
-            feed = {"image": images, "xyz": clouds}
-        else:
-            feed = {self.input_names[0]: images}
+        feed = self.feed(image, xyz)
         outputs = self._compiled_for(feed)(feed)
         predictions = {_output_name(port): value for port, value in outputs.items()}
-        return NumpyImageBatch(image=images, **predictions)
+        return NumpyImageBatch(image=feed[self.input_names[0]], **predictions)
+
+    def predict_many(
+        self,
+        samples: Iterable[tuple[ImageInput, XYZInput | None]],
+        jobs: int = 0,
+    ) -> Iterator[NumpyImageBatch]:
+        """Score a stream of samples in OpenVINO's throughput mode; results come in the order of ``samples``.
+
+        The IR is compiled with :data:`THROUGHPUT_CONFIG` (several CPU streams) and run through an
+        ``AsyncInferQueue``: while requests run, the next samples are read and their FPFH computed.
+
+        Args:
+            samples (Iterable[tuple[ImageInput, XYZInput | None]]): ``(image, xyz)`` pairs, as for :meth:`predict`
+                (``xyz`` ``None`` for RGB-only models).
+            jobs (int): Infer requests in flight; ``0``: OpenVINO's optimal number for the device.
+
+        Yields:
+            NumpyImageBatch: The prediction of each sample, as :meth:`predict` returns it.
+
+        Raises:
+            ValueError: As :meth:`predict`, for the sample that is malformed.
+        """
+        import openvino as ov
+
+        config = {**THROUGHPUT_CONFIG, **self._user_config}
+        queues: dict[tuple | None, Any] = {}
+        done: dict[int, dict[str, np.ndarray]] = {}
+        images: dict[int, np.ndarray] = {}
+
+        def finished(request: Any, index: int) -> None:
+            done[index] = {_output_name(port): np.array(value) for port, value in request.results.items()}
+
+        def ready(upto: int) -> Iterator[NumpyImageBatch]:
+            nonlocal emitted
+            while emitted < upto and emitted in done:
+                yield NumpyImageBatch(image=images.pop(emitted), **done.pop(emitted))
+                emitted += 1
+
+        emitted = 0
+        count = 0
+        try:
+            for index, (image, xyz) in enumerate(samples):
+                feed = self.feed(image, xyz)
+                key = tuple((name, array.shape) for name, array in feed.items()) if self.static_shapes else None
+                if key not in queues:
+                    if key not in self._throughput:  # compiled once per shape and kept, like the latency models
+                        if len(self._throughput) >= MAX_SHAPES:
+                            self._throughput.pop(next(iter(self._throughput)))
+                        self._throughput[key] = self._compile(key, config)
+                    queues[key] = ov.AsyncInferQueue(self._throughput[key], jobs)
+                    queues[key].set_callback(finished)
+                images[index] = feed[self.input_names[0]]
+                queues[key].start_async(feed, userdata=index)
+                count = index + 1
+                yield from ready(count)
+        finally:
+            for queue in queues.values():
+                queue.wait_all()
+        yield from ready(count)

@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib_btm authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Export of the whole BTM pipeline to ONNX / OpenVINO: two inputs (image, xyz), anomalib's outputs, parity."""
+"""Export of the whole BTM pipeline to ONNX / OpenVINO: two inputs (image, fpfh or xyz), anomalib's outputs, parity."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from anomalib_btm import BTM
 from anomalib_btm.deploy import BTMInferencer
 from anomalib_btm.deploy.inferencer import F32_CONFIG, load_image
 from anomalib_btm.features.fpfh_torch import fpfh_torch
-from anomalib_btm.models.btm.export import BTMExportModule, export_input_names
+from anomalib_btm.models.btm.export import METADATA_KEY, BTMExportModule, FPFHInput, export_input_names
 from tests.conftest import small_datamodule
 
 OUTPUTS = ["pred_score", "pred_label", "anomaly_map", "pred_mask"]
@@ -63,8 +63,12 @@ def _fitted_stub(
 
 def test_export_input_names() -> None:
     assert export_input_names("rgb") == ["input"]
-    assert export_input_names("rgb+xyz") == ["image", "xyz"]
-    assert export_input_names("xyz") == ["image", "xyz"]
+    assert export_input_names("rgb+xyz") == ["image", "fpfh"]
+    assert export_input_names("xyz") == ["image", "fpfh"]
+    assert export_input_names("rgb", fpfh="graph") == ["input"]
+    assert export_input_names("rgb+xyz", fpfh="graph") == ["image", "xyz"]
+    with pytest.raises(ValueError, match="`fpfh` must be one of"):
+        export_input_names("rgb+xyz", fpfh="numba")
 
 
 def test_unfitted_and_btf_models_are_refused_with_a_reason(tmp_path: Path) -> None:
@@ -75,23 +79,65 @@ def test_unfitted_and_btf_models_are_refused_with_a_reason(tmp_path: Path) -> No
     assert not list(tmp_path.rglob("*.onnx"))
 
 
-def test_open3d_models_export_with_open3d_normal_signs_and_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_open3d_models_graph_export_with_open3d_normal_signs_and_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING"):
-        module = BTMExportModule(_fitted_stub("xyz", fpfh_backend="open3d"))
+        module = BTMExportModule(_fitted_stub("xyz", fpfh_backend="open3d"), fpfh="graph")
     assert module.fpfh is not None
     assert module.fpfh.normal_orientation == "open3d"
     assert "fpfh_backend='open3d'" in caplog.text
     # A torch-backend model exports the torch FPFH's own default orientation.
     default = inspect.signature(fpfh_torch).parameters["normal_orientation"].default
-    assert BTMExportModule(_fitted_stub("xyz")).fpfh.normal_orientation == default  # type: ignore[union-attr]
+    graph = BTMExportModule(_fitted_stub("xyz"), fpfh="graph").fpfh
+    assert graph is not None
+    assert graph.normal_orientation == default
 
 
-def test_the_exported_fpfh_uses_the_models_torch_options() -> None:
+def test_the_graph_fpfh_uses_the_models_torch_options() -> None:
     options = {"window": 9, "normal_orientation": "open3d", "selection": "exact", "cpu_kernel": False}
-    fpfh = BTMExportModule(_fitted_stub("xyz", fpfh_options=options)).fpfh
+    fpfh = BTMExportModule(_fitted_stub("xyz", fpfh_options=options), fpfh="graph").fpfh
     assert fpfh is not None
     assert (fpfh.window, fpfh.normal_orientation, fpfh.selection) == (9, "open3d", "exact")
     assert fpfh.normal_window == 7  # unset options keep their defaults
+
+
+def test_inferencer_export_describes_the_models_own_fpfh(caplog: pytest.LogCaptureFixture) -> None:
+    options = {"max_nn": 60, "normal_orientation": "camera"}
+    model = _fitted_stub("rgb+xyz", fpfh_options=options)
+    model.pre_processor = BTM.configure_pre_processor((48, 40))
+    with caplog.at_level("WARNING"):
+        module = BTMExportModule(model)
+    assert module.fpfh is None  # no FPFH in the graph, and no warning about an approximation
+    assert not caplog.text
+    assert module.fpfh_input == FPFHInput("torch", 0.05, options, (48, 40))
+    assert FPFHInput.from_json(module.fpfh_input.to_json()) == module.fpfh_input
+    open3d = BTMExportModule(_fitted_stub("xyz", fpfh_backend="open3d")).fpfh_input
+    assert open3d is not None
+    assert open3d.backend == "open3d"  # the inferencer computes Open3D's FPFH, as the model does
+    no_resize = _fitted_stub("rgb+xyz")
+    no_resize.pre_processor = None
+    assert BTMExportModule(no_resize).fpfh_input.working_size is None  # type: ignore[union-attr]
+
+
+def test_fpfh_metadata_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match=r"model\.xml.*not valid JSON"):
+        FPFHInput.from_json("{", "model.xml")
+    with pytest.raises(ValueError, match=r"model\.xml.*version 7.*export the model again"):
+        FPFHInput.from_json('{"version": 7}', "model.xml")
+    text = FPFHInput("torch", 0.05, {"window": 4}, None).to_json()
+    with pytest.raises(ValueError, match="window"):
+        FPFHInput.from_json(text)
+
+
+def test_an_aspect_keeping_resize_is_refused_for_the_inferencer_export() -> None:
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Resize
+
+    model = _fitted_stub("rgb+xyz")
+    model.pre_processor = PreProcessor(transform=Resize(32))  # shorter side to 32: the size depends on the input
+    module = BTMExportModule(model, fpfh="graph")  # the graph resizes the cloud to whatever comes out
+    assert module.fpfh is not None
+    with pytest.raises(ValueError, match=r"depends on the input size.*fpfh='graph'"):
+        BTMExportModule(model)
 
 
 def test_compression_checks_run_before_anything_is_written(tmp_path: Path) -> None:
@@ -116,19 +162,37 @@ def test_eager_export_module_equals_the_lightning_forward() -> None:
     torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map)
 
 
+def test_eager_inferencer_export_with_its_fpfh_input_equals_the_knn_model() -> None:
+    torch.manual_seed(0)
+    model = _fitted_stub("rgb+xyz")
+    model.pre_processor = BTM.configure_pre_processor((40, 40))
+    image = torch.rand(2, 3, 56, 48)
+    v, u = torch.meshgrid(torch.linspace(-0.03, 0.03, 30), torch.linspace(-0.03, 0.03, 36), indexing="ij")
+    xyz = torch.stack([u, v, 0.5 + 0.1 * u + 0.02 * torch.sin(60 * v)])[None].repeat(2, 1, 1, 1)
+    xyz[1, :, :5] = 0  # missing points
+    module = BTMExportModule(model).eval()
+    assert module.fpfh_input is not None
+    fpfh = module.fpfh_input(xyz, (56, 48))
+    assert fpfh.shape == (2, 33, 40, 40)
+    with torch.no_grad():
+        expected = model(image, xyz)
+        actual = module(image, fpfh)
+    # The same k-NN FPFH as the model computes: equal, not approximately equal.
+    torch.testing.assert_close(actual.pred_score, expected.pred_score, rtol=0, atol=0)
+    torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pass the FPFH map `fpfh`"):
+        module(image)
+
+
 @pytest.mark.slow
 def test_openvino_ir_matches_the_torch_model_on_the_test_set(exported_rgbxyz: dict) -> None:
-    # The fixture's model uses the default k-NN FPFH; the IR computes FPFH over pixel windows (a fixed-shape graph).
-    # With the same window search in PyTorch the IR reproduces the model exactly; the k-NN model's own scores are
-    # checked against the IR below with the tolerance that difference needs.
-    knn_model = BTM.load_from_checkpoint(exported_rgbxyz["checkpoint"]).eval()
+    # The fixture's model uses the default k-NN FPFH; its IR (exported by `anomalib export`, fpfh="inferencer") takes
+    # the FPFH map, which BTMInferencer computes with the model's own kernels: the IR reproduces the model itself.
     model = BTM.load_from_checkpoint(exported_rgbxyz["checkpoint"]).eval()
-    branch = model.model.xyz_branch
-    assert branch.fpfh_options.get("search", "knn") == "knn"
-    branch.fpfh_options = {**branch.fpfh_options, "search": "window"}
-    knn_error, knn_labels, knn_total, knn_anomalous = 0.0, 0, 0, 0
+    assert model.model.xyz_branch.fpfh_options.get("search", "knn") == "knn"
     inferencer = BTMInferencer(exported_rgbxyz["xml"])
-    assert inferencer.input_names == ["image", "xyz"]
+    assert inferencer.input_names == ["image", "fpfh"]
+    assert inferencer.fpfh_input == FPFHInput("torch", 0.05, {}, (96, 96))
     assert sorted(next(iter(o.names)) for o in inferencer.model.outputs) == sorted(OUTPUTS)
     score_error, map_error, samples, anomalous = 0.0, 0.0, 0, 0
     for batch in _datamodule(exported_rgbxyz["root"]).test_dataloader():
@@ -151,23 +215,55 @@ def test_openvino_ir_matches_the_torch_model_on_the_test_set(exported_rgbxyz: di
             expected_single = model(batch.image[:1], batch.depth_map[:1])
         single_error = abs(float(single.pred_score[0]) - float(expected_single.pred_score[0]))
         score_error = max(score_error, single_error)
-        with torch.no_grad():
-            knn = knn_model(batch.image, batch.depth_map)
-        knn_error = max(knn_error, float(np.abs(_like(result.pred_score, knn.pred_score)).max()))
-        knn_labels += int((_as(result.pred_label, knn.pred_label) == knn.pred_label.numpy()).sum())
-        knn_total += len(batch.image)
-        knn_anomalous += int(knn.pred_label.sum())
+        # Throughput mode returns the same predictions, in order.
+        many = list(inferencer.predict_many(zip(batch.image, batch.depth_map, strict=True)))
+        np.testing.assert_allclose([float(m.pred_score[0]) for m in many], _as(result.pred_score, expected.pred_score),
+                                   rtol=0, atol=1e-5)  # fmt: skip
     assert samples >= 6
-    # The comparisons cover both labels (the window model is normalised with the k-NN model's statistics, so it may
-    # call every sample anomalous; the k-NN model's labels are mixed).
-    assert anomalous > 0
-    assert 0 < knn_anomalous < knn_total
+    assert 0 < anomalous < samples  # both labels are compared
     assert score_error <= 1e-4, score_error
     assert map_error <= 1e-3, map_error
-    # IR (window FPFH) vs the k-NN PyTorch model: the window descriptors move normalised scores by up to ~0.45 on this
-    # small generated set (96², random-init CNN); deploy with fpfh_options={"search": "window"} for exact parity.
-    print(f"IR vs k-NN model: max |d pred_score| {knn_error:.4f}, labels equal {knn_labels}/{knn_total}")
-    assert knn_error <= 0.6, knn_error
+
+
+@pytest.fixture(scope="module")
+def graph_export(exported_rgbxyz: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture's checkpoint exported with the FPFH inside the graph, through ``anomalib export --onnx_kwargs``."""
+    import os
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("graph_export")
+    anomalib = Path(sys.executable).parent / "anomalib"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    command = [str(anomalib), "export", "--model", "BTM", "--export_type", "openvino"]
+    command += ["--ckpt_path", str(exported_rgbxyz["checkpoint"]), "--onnx_kwargs", '{"fpfh": "graph"}']
+    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, f"anomalib export failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return next(work.rglob("weights/openvino/model.xml"))
+
+
+@pytest.mark.slow
+def test_graph_fpfh_ir_matches_the_window_model(exported_rgbxyz: dict, graph_export: Path) -> None:
+    # fpfh="graph" computes FPFH over pixel windows inside the IR. With the same window search in PyTorch the IR
+    # reproduces the model exactly; the k-NN model's own scores are checked against it with the tolerance that the
+    # difference between the two neighbourhoods needs.
+    knn_model = BTM.load_from_checkpoint(exported_rgbxyz["checkpoint"]).eval()
+    model = BTM.load_from_checkpoint(exported_rgbxyz["checkpoint"]).eval()
+    branch = model.model.xyz_branch
+    branch.fpfh_options = {**branch.fpfh_options, "search": "window"}
+    inferencer = BTMInferencer(graph_export)
+    assert inferencer.input_names == ["image", "xyz"]
+    assert inferencer.fpfh_input is None
+    score_error, knn_error = 0.0, 0.0
+    for batch in _datamodule(exported_rgbxyz["root"]).test_dataloader():
+        with torch.no_grad():
+            expected, knn = model(batch.image, batch.depth_map), knn_model(batch.image, batch.depth_map)
+        result = inferencer.predict(batch.image, batch.depth_map)
+        score_error = max(score_error, float(np.abs(_like(result.pred_score, expected.pred_score)).max()))
+        knn_error = max(knn_error, float(np.abs(_like(result.pred_score, knn.pred_score)).max()))
+    assert score_error <= 1e-4, score_error
+    # The window descriptors move normalised scores by up to ~0.45 on this small generated set (96², random-init CNN).
+    assert 1e-3 < knn_error <= 0.6, knn_error
 
 
 @pytest.mark.slow
@@ -177,10 +273,16 @@ def test_int8_ptq_calibrates_with_image_and_xyz(exported_rgbxyz: dict, tmp_path:
     xml = model.to_openvino(tmp_path, compression_type=CompressionType.INT8_PTQ, datamodule=datamodule)
     import openvino as ov
 
-    ops = [op.get_type_name() for op in ov.Core().read_model(xml).get_ops()]
-    assert ops.count("FakeQuantize") > 0  # calibrated and quantized (NNCF needs every input to collect statistics)
+    ir = ov.Core().read_model(xml)
+    quantizers = [op for op in ir.get_ops() if op.get_type_name() == "FakeQuantize"]
+    fed = {target.get_node().get_type_name() for op in quantizers for target in op.output(0).get_target_inputs()}
+    assert "Convolution" in fed  # calibrated and quantized (NNCF needs every input to collect statistics)
+    assert "MatMul" not in fed  # the distances to the memory bank stay float32
+    assert ir.has_rt_info(["framework", METADATA_KEY])  # the quantized IR still says which FPFH to feed
     batch = next(iter(_datamodule(exported_rgbxyz["root"]).test_dataloader()))
-    result = BTMInferencer(xml).predict(batch.image, batch.depth_map)
+    inferencer = BTMInferencer(xml)
+    assert inferencer.input_names == ["image", "fpfh"]
+    result = inferencer.predict(batch.image, batch.depth_map)
     assert np.isfinite(result.pred_score).all()
     assert np.isfinite(result.anomaly_map).all()
 
