@@ -466,11 +466,12 @@ class BTM(MemoryBankMixin, AnomalibModule):
         input_size: tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> Path:
-        """Export the whole pipeline to ONNX; RGB + 3D models get two inputs, ``image`` and ``xyz``.
+        """Export the whole pipeline to ONNX; RGB + 3D models get two inputs, ``image`` and ``fpfh``.
 
-        See :mod:`anomalib_btm.models.btm.export`. The batch axis is dynamic; so are the image's height and width
-        unless ``input_size`` fixes them, and the cloud's (it is resized to the working size in the graph). An
-        RGB-only model exports anomalib's single input ``input``.
+        See :mod:`anomalib_btm.models.btm.export`: by default the FPFH map is an input that ``BTMInferencer``
+        computes with the model's own FPFH (``fpfh="graph"`` in ``kwargs``: inputs ``image`` and ``xyz``, window FPFH
+        in the graph). The batch axis is dynamic; so are the image's height and width unless ``input_size`` fixes
+        them. An RGB-only model exports anomalib's single input ``input``.
 
         Args:
             export_root (Path | str): Output folder (the file goes to ``export_root/weights/onnx``).
@@ -499,8 +500,9 @@ class BTM(MemoryBankMixin, AnomalibModule):
     ) -> Path:
         """Export to OpenVINO IR (see :meth:`to_onnx`), with anomalib's compression options.
 
-        ``int8_ptq`` calibrates with both inputs of an RGB + 3D model (images and clouds of the datamodule's
-        validation split); ``int8_acq`` is available for RGB-only models and refused with a clear message otherwise.
+        ``int8_ptq`` calibrates with both inputs of an RGB + 3D model (images and FPFH maps, or clouds for
+        ``fpfh="graph"``, of the datamodule's validation split); ``int8_acq`` is available for RGB-only models and
+        refused with a clear message otherwise.
 
         Args:
             export_root (Path | str): Output folder (the IR goes to ``export_root/weights/openvino``).
@@ -536,7 +538,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
         model: CompiledModel,
         datamodule: AnomalibDataModule | None = None,
     ) -> CompiledModel:
-        """INT8 post-training quantization calibrated with every input of the graph (``image`` and ``xyz``).
+        """INT8 post-training quantization calibrated with every input of the graph (``image`` and ``fpfh``/``xyz``).
 
         Args:
             model (CompiledModel): OpenVINO model.
