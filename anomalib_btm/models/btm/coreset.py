@@ -333,7 +333,7 @@ class KCenterGreedy:
             return None, None, None
         cpu = torch.Generator(device="cpu").manual_seed(self.seed)
         dev = cpu if device.type == "cpu" else torch.Generator(device=device).manual_seed(self.seed)
-        return cpu, dev, np.random.RandomState(self.seed)
+        return cpu, dev, np.random.RandomState(self.seed % 2**32)
 
     def _project(self, cpu_generator: torch.Generator | None, numpy_rng: np.random.RandomState | None) -> torch.Tensor:
         """Draw the projection matrix and project the embedding (one ``N x k`` allocation).
