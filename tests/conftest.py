@@ -115,8 +115,10 @@ def exported_rgbxyz(small_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     from anomalib_btm import BTM
 
-    torch.manual_seed(0)
-    np.random.seed(0)  # the coreset's first pick comes from NumPy's global generator, as in anomalib
+    # The coreset's projection and first pick come from the run's seed (torch.initial_seed()); with seed 2 this tiny
+    # model labels the test samples both ways, so the export tests compare both labels.
+    torch.manual_seed(2)
+    np.random.seed(2)
     work = tmp_path_factory.mktemp("export")
     datamodule = small_datamodule(small_root)
     model = BTM(
