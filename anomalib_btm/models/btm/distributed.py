@@ -19,21 +19,21 @@ are the last sample of some ranks and are dropped before the coreset (:func:`pad
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies import DDPStrategy
 from torch import distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader, SequentialSampler
 
 from .coreset import Exchange, PrunedKCenterGreedy
 from .memory_bank import row_positions, sample_positions
 
 __all__ = [
     "EVAL_DATALOADERS",
-    "UnpaddedDistributedSampler",
     "all_reduce_bank",
     "broadcast_seed",
     "distributed_memory_bank",
@@ -260,37 +260,8 @@ def skip_ddp_wrapper(strategy: DDPStrategy) -> None:
     strategy.configure_ddp = configure_ddp  # type: ignore[method-assign]
 
 
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Rank ``r`` of ``W`` reads samples ``r, r + W, r + 2W, ...``, without the repeats that even the ranks out.
-
-    ``DistributedSampler`` repeats up to ``W - 1`` samples so that every rank gets as many; the evaluation metrics
-    and the post-processor's statistics gather every rank's outputs (torchmetrics), so repeated samples would be
-    counted twice. Ranks may then see one sample fewer than others, which evaluation (no gradients) allows.
-    """
-
-    def __init__(self, dataset: Any, num_replicas: int, rank: int) -> None:
-        """Split ``dataset`` in order.
-
-        Args:
-            dataset: The evaluation dataset.
-            num_replicas: Number of ranks.
-            rank: This rank.
-        """
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
-        self.total_size = len(dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        """Yield this rank's sample indices.
-
-        Returns:
-            Iterator over ``range(rank, len(dataset), num_replicas)``.
-        """
-        return iter(range(self.rank, self.total_size, self.num_replicas))
-
-
 def _unpadded(make: Callable[[], Any], num_replicas: int, rank: int) -> Callable[[], Any]:
-    """Wrap a datamodule's dataloader method so that its ordered dataloaders use :class:`UnpaddedDistributedSampler`.
+    """Wrap a datamodule's dataloader method: its ordered dataloaders get Lightning's ``UnrepeatedDistributedSampler``.
 
     Args:
         make: The datamodule's bound ``*_dataloader`` method.
@@ -309,7 +280,7 @@ def _unpadded(make: Callable[[], Any], num_replicas: int, rank: int) -> Callable
         return DataLoader(
             loader.dataset,
             batch_size=loader.batch_size,
-            sampler=UnpaddedDistributedSampler(loader.dataset, num_replicas, rank),
+            sampler=UnrepeatedDistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=False),
             num_workers=loader.num_workers,
             collate_fn=loader.collate_fn,
             pin_memory=loader.pin_memory,

@@ -20,7 +20,7 @@ from lightning.pytorch import Trainer
 from torch import distributed as dist
 
 from anomalib_btm import BTM
-from anomalib_btm.models.btm.distributed import UnpaddedDistributedSampler, distributed_memory_bank, padded_tail
+from anomalib_btm.models.btm.distributed import distributed_memory_bank, padded_tail, unpadded_eval_dataloaders
 from anomalib_btm.models.btm.memory_bank import row_positions, sample_positions, select_memory_bank
 
 REPO = Path(__file__).resolve().parents[3]
@@ -114,14 +114,41 @@ def test_padded_tail_refuses_a_foreign_sampler() -> None:
         padded_tail(7, 2, 1, 3)
 
 
-@pytest.mark.parametrize(("size", "world_size"), [(5, 2), (9, 4), (2, 3)])
-def test_unpadded_sampler_scores_each_sample_once(size: int, world_size: int) -> None:
-    """Evaluation shards cover the set exactly once, in order; torch's sampler would repeat samples."""
-    shards = [list(UnpaddedDistributedSampler(range(size), world_size, rank)) for rank in range(world_size)]
+class _DataModule:
+    """The dataloader methods of a datamodule: ordered evaluation sets, a shuffled training set."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(range(self.size), batch_size=2, shuffle=True)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(range(self.size), batch_size=2)
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(range(self.size), batch_size=2)
+
+
+@pytest.mark.parametrize(("size", "world_size"), [(5, 2), (9, 4), (7, 3)])
+def test_eval_dataloaders_score_each_sample_once(size: int, world_size: int) -> None:
+    """The datamodule's evaluation loaders split the set over the ranks without repeats (torch's sampler would
+    repeat samples to even the ranks out); the training loader and the datamodule afterwards stay as they were."""
+    shards = []
+    for rank in range(world_size):
+        datamodule = _DataModule(size)
+        restore = unpadded_eval_dataloaders(datamodule, world_size, rank)
+        for name in ("val_dataloader", "test_dataloader"):
+            loader = getattr(datamodule, name)()
+            assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)  # Lightning keeps it
+            batches = [int(i) for batch in loader for i in batch]
+            assert batches == list(range(rank, size, world_size))
+        shards.append(batches)
+        assert not isinstance(datamodule.train_dataloader().sampler, torch.utils.data.DistributedSampler)
+        restore()
+        assert "test_dataloader" not in vars(datamodule)
+        assert isinstance(datamodule.test_dataloader().sampler, torch.utils.data.SequentialSampler)
     assert sorted(i for shard in shards for i in shard) == list(range(size))
-    assert [len(UnpaddedDistributedSampler(range(size), world_size, r)) for r in range(world_size)] == [
-        len(shard) for shard in shards
-    ]
 
 
 @pytest.mark.parametrize(
