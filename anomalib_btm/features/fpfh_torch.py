@@ -67,6 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomalib_btm.tracing import capturing_graph
+
 __all__ = [
     "NORMAL_ORIENTATIONS",
     "SEARCHES",
@@ -846,7 +848,7 @@ def fpfh_torch(
         )
     if xyz.dtype != torch.float64:
         xyz = xyz.float()
-    graph = compile or torch.compiler.is_exporting() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+    graph = compile or capturing_graph()
     if search == "knn" and not graph:
         from anomalib_btm.features.fpfh_knn import fpfh_knn_numba, fpfh_knn_torch
 
@@ -876,9 +878,7 @@ def _kernel_applies(xyz: torch.Tensor, compile: bool) -> bool:
         xyz.device.type == "cpu"
         and xyz.dtype == torch.float32
         and not compile
-        and not torch.compiler.is_exporting()
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
+        and not capturing_graph()
         and not (torch.is_grad_enabled() and xyz.requires_grad)
     )
 

@@ -12,7 +12,9 @@ per pixel) want different distance metrics:
   features (``pixel_metric="squared_mean"``), or of the plain distances (``"mean"``).
 
 Both come from a single top-k query with ``k = max(k_image, k_pixel)``. The distance is computed with
-a matmul (``‖x‖² − 2x·m + ‖m‖²``), not ``torch.cdist``, so that the graph exports to ONNX/OpenVINO.
+a matmul (``‖x‖² − 2x·m + ‖m‖²``), not ``torch.cdist``, so that the graph exports to ONNX/OpenVINO. That matmul
+is nearly all of the scoring time; on CPU, outside export, it runs in NumPy's BLAS (OpenBLAS in NumPy's wheels),
+which ``benchmarks/scoring.py`` measures against torch's own on the same bank.
 
 For comparison, ``image_score="reweighted"`` gives BTF's / PatchCore's reweighted image score.
 """
@@ -20,15 +22,57 @@ For comparison, ``image_score="reweighted"`` gives BTF's / PatchCore's reweighte
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import Literal, NamedTuple
 
 import torch
+from threadpoolctl import ThreadpoolController
 from torch import nn
+
+from anomalib_btm.tracing import capturing_graph
 
 PixelMetric = Literal["squared_mean", "mean"]
 ImageScore = Literal["nearest", "reweighted"]
 PIXEL_METRICS: tuple[str, ...] = ("squared_mean", "mean")
 IMAGE_SCORES: tuple[str, ...] = ("nearest", "reweighted")
+
+
+@cache
+def _blas_controller() -> ThreadpoolController:
+    """The thread pools of the BLAS libraries loaded in this process (scanned once)."""
+    return ThreadpoolController()
+
+
+def _numpy_matmul_eligible(queries: torch.Tensor, bank: torch.Tensor) -> bool:
+    """Whether ``queries @ bank.T`` may run in NumPy: float32 CPU tensors, no autograd, no export or compile."""
+    return (
+        queries.device.type == "cpu"
+        and bank.device.type == "cpu"
+        and queries.dtype == torch.float32
+        and bank.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (queries.requires_grad or bank.requires_grad))
+        and not capturing_graph()
+    )
+
+
+def inner_products(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """``queries @ bank.T``; on CPU (outside autograd and export) computed by NumPy's BLAS.
+
+    NumPy's wheels ship OpenBLAS, whose single-precision matmul is faster than torch's bundled BLAS on some CPUs
+    (``benchmarks/scoring.py`` prints both on the same bank); the result is the same product up to float rounding.
+    The BLAS uses as many threads as torch (``torch.get_num_threads()``), so DDP's one thread per process holds.
+
+    Args:
+        queries (torch.Tensor): ``(N, D)`` query features.
+        bank (torch.Tensor): ``(M, D)`` memory-bank features.
+
+    Returns:
+        torch.Tensor: ``(N, M)`` inner products.
+    """
+    if not _numpy_matmul_eligible(queries, bank):
+        return queries @ bank.T
+    with _blas_controller().limit(limits=torch.get_num_threads(), user_api="blas"):
+        return torch.from_numpy(queries.detach().numpy() @ bank.detach().numpy().T)
 
 
 def squared_distances(
@@ -47,6 +91,9 @@ def squared_distances(
     if bank_sq_norms is None:
         bank_sq_norms = bank.pow(2).sum(dim=1)
     q_sq = queries.pow(2).sum(dim=1, keepdim=True)
+    if _numpy_matmul_eligible(queries, bank):
+        dist = inner_products(queries, bank).mul_(-2.0).add_(q_sq).add_(bank_sq_norms.unsqueeze(0))
+        return dist.clamp_min_(0.0)
     dist = torch.addmm(q_sq + bank_sq_norms.unsqueeze(0), queries, bank.T, beta=1.0, alpha=-2.0)
     return dist.clamp_min(0.0)
 

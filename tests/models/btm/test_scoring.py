@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
 
-from anomalib_btm.models.btm.scoring import DualKScorer, knn, squared_distances
+from anomalib_btm.models.btm import scoring
+from anomalib_btm.models.btm.scoring import DualKScorer, inner_products, knn, squared_distances
 
 # Bank of four 2-D features; two query patches p1 = (0, 0.9) and p2 = (2.5, 0).
 BANK = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
@@ -33,6 +35,38 @@ def test_squared_distances_match_cdist() -> None:
     bank = torch.randn(70, 16)
     expected = torch.cdist(queries, bank).pow(2)
     torch.testing.assert_close(squared_distances(queries, bank), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_numpy_blas_products_equal_torch_and_keep_autograd() -> None:
+    queries = torch.randn(300, 96)
+    bank = torch.randn(500, 96)
+    torch.testing.assert_close(inner_products(queries, bank), queries @ bank.T, atol=1e-4, rtol=1e-5)
+    # With autograd on a requiring tensor, torch computes it: the gradient flows.
+    leaf = queries.clone().requires_grad_()
+    squared_distances(leaf, bank).sum().backward()
+    expected = 2 * bank.shape[0] * leaf.detach() - 2 * bank.sum(0).expand_as(leaf)
+    torch.testing.assert_close(leaf.grad, expected, atol=1e-3, rtol=1e-4)
+    # Float64 stays in torch (the result dtype follows the inputs).
+    assert squared_distances(queries.double(), bank.double()).dtype == torch.float64
+
+
+def test_numpy_blas_uses_torchs_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    requested: list[int] = []
+
+    class _Controller:
+        def limit(self, limits: int, user_api: str) -> contextlib.AbstractContextManager:
+            assert user_api == "blas"
+            requested.append(limits)
+            return contextlib.nullcontext()
+
+    monkeypatch.setattr(scoring, "_blas_controller", _Controller)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        inner_products(torch.randn(4, 8), torch.randn(5, 8))
+    finally:
+        torch.set_num_threads(threads)
+    assert requested == [1]
 
 
 @pytest.mark.parametrize("chunk_size", [None, 1, 3, 4096])
