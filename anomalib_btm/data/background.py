@@ -46,7 +46,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from anomalib_btm.data.depth import atomic_write, check_number, read_xyz, validate_xyz, write_xyz
+from anomalib_btm.data.cloud import read_xyz, validate_xyz, write_xyz
+from anomalib_btm.data.intrinsics import check_number
+from anomalib_btm.files import atomic_write
 
 __all__ = ["foreground_mask", "main", "remove_background", "remove_background_cached", "remove_background_dir"]
 
