@@ -91,6 +91,12 @@ def _matrix(keys: Mapping[str, Any]) -> Camera | None:
     matrix = _numbers(keys.get("camera_matrix", keys.get("k")), 9)
     if matrix is None:
         return None
+    if not np.array_equal(matrix[6:], [0, 0, 1]):
+        msg = (
+            f"camera_matrix/K must be row-major [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]; its last row is {matrix[6:]} "
+            "(a column-major matrix belongs in an Open3D file with width and height)"
+        )
+        raise ValueError(msg)
     if matrix[1] != 0:
         warnings.warn("The camera matrix has a skew term; it is ignored.", stacklevel=4)
     return {"fx": matrix[0], "fy": matrix[4], "cx": matrix[2], "cy": matrix[5]}

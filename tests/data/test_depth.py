@@ -248,6 +248,12 @@ def test_load_intrinsics_refuses_other_layouts_in_one_line(tmp_path: Path, data:
     assert "\n" not in str(info.value)
 
 
+def test_load_intrinsics_refuses_a_column_major_camera_matrix(tmp_path: Path) -> None:
+    path = _write_json(tmp_path, {"K": [500.0, 0, 0, 0, 510.0, 0, 320.5, 240.25, 1]}, "cm.json")
+    with pytest.raises(ValueError, match=r"cm\.json: camera_matrix/K must be row-major"):
+        load_intrinsics(path)
+
+
 def test_load_intrinsics_reads_open3d_files(tmp_path: Path) -> None:
     import open3d as o3d
 
