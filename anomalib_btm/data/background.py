@@ -411,8 +411,12 @@ def remove_background_dir(
     return written
 
 
+_DEFAULTS = signature_defaults(remove_background)
+"""The command line's defaults: :func:`remove_background`'s."""
+
+
 def _build_parser() -> ArgumentParser:
-    defaults = signature_defaults(remove_background)
+    defaults = _DEFAULTS
     parser = ArgumentParser(
         prog="python -m anomalib_btm.data.background",
         description="Remove the background plane from organized XYZ clouds (BTF's preprocessing), with a cache.",
