@@ -36,8 +36,10 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -415,32 +417,23 @@ def plot_sweep(result: KSweep, path: str | Path, title: str = "BTM: metrics agai
     return path
 
 
-class _Batches:
-    """Training batches for Lightning: a one-pass iterable, each batch an anomalib ``ImageBatch`` / ``DepthBatch``.
+def _anomalib_batches(batches: Iterable[Any]) -> Iterator[Batch]:
+    """The batches as anomalib ``ImageBatch`` / ``DepthBatch`` (anomalib batches pass as they are), for Lightning.
 
     Args:
-        batches (Iterable[Any]): Objects with ``image`` and optionally ``depth_map`` (anomalib batches pass as they
-            are), e.g. ``SimpleNamespace(image=...)``.
+        batches (Iterable[Any]): Objects with ``image`` and optionally ``depth_map``, e.g. ``SimpleNamespace``.
+
+    Yields:
+        Batch: The next batch.
     """
-
-    def __init__(self, batches: Iterable[Any]) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[Batch]:
-        """Yield the batches as anomalib batches.
-
-        Yields:
-            Batch: The next batch.
-        """
-        for batch in self.batches:
-            if isinstance(batch, Batch):
-                yield batch
-                continue
-            depth_map = getattr(batch, "depth_map", None)
-            if depth_map is None:
-                yield ImageBatch(image=batch.image)
-            else:
-                yield DepthBatch(image=batch.image, depth_map=depth_map)
+    for batch in batches:
+        depth_map = getattr(batch, "depth_map", None)
+        if isinstance(batch, Batch):
+            yield batch
+        elif depth_map is None:
+            yield ImageBatch(image=batch.image)
+        else:
+            yield DepthBatch(image=batch.image, depth_map=depth_map)
 
 
 @contextmanager
@@ -456,6 +449,24 @@ def _pre_processing(model: BTM, transform: Transform | None) -> Iterator[None]:
         yield
     finally:
         pre_processor.transform = own
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's start-up notes and the warnings that do not apply to a one-epoch, optimizer-free BTM fit, muted."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric")]
+    levels = [item.level for item in loggers]
+    for item in loggers:
+        item.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in ("You defined a `validation_step`", "`LightningModule.configure_optimizers` returned"):
+                warnings.filterwarnings("ignore", message=re.escape(message))
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # the frozen backbone
+            yield
+    finally:
+        for item, level in zip(loggers, levels, strict=True):
+            item.setLevel(level)
 
 
 def fit_btm(model: BTM, dataloader: Iterable[Any], transform: Transform | None = None) -> BTM:
@@ -483,8 +494,12 @@ def fit_btm(model: BTM, dataloader: Iterable[Any], transform: Transform | None =
     hardware: dict[str, Any] = {"accelerator": "cpu", "devices": 1}
     if device.type == "cuda":
         hardware = {"accelerator": "gpu", "devices": [device.index or 0]}
-    batches = dataloader if isinstance(dataloader, DataLoader) else _Batches(dataloader)
-    with tempfile.TemporaryDirectory(prefix="btm_fit_") as workspace, _pre_processing(model, transform):
+    batches = dataloader if isinstance(dataloader, DataLoader) else _anomalib_batches(dataloader)
+    with (
+        tempfile.TemporaryDirectory(prefix="btm_fit_") as workspace,
+        _pre_processing(model, transform),
+        _quiet_lightning(),
+    ):
         engine = Engine(default_root_dir=workspace, barebones=True, logger=False, **hardware)
         engine.fit(model=model, train_dataloaders=batches)
     model.eval()
