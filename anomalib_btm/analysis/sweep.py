@@ -473,7 +473,8 @@ def fit_btm(model: BTM, dataloader: Iterable[Any], transform: Transform | None =
     """Fit BTM's memory bank on training batches with anomalib's ``Engine.fit`` (one epoch; no validation, no files).
 
     The fit runs on the device the model is on; nothing is logged or written (a barebones trainer in a temporary
-    directory).
+    directory). The memory bank is the one ``Engine.fit`` builds (the coreset sees the rows in image-path order, not in
+    the loader's shuffled order); a model fitted before is not fitted again (anomalib's ``MemoryBankMixin``).
 
     Args:
         model (BTM): The model.
