@@ -21,7 +21,6 @@ obtained stops with :class:`PretrainedWeightsError`, one line that names ``pre_t
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -31,6 +30,8 @@ from types import TracebackType
 
 import torch
 
+from anomalib_btm.cli import USER_ERRORS, ArgumentParser, report
+from anomalib_btm.cli import run as run_cli
 from anomalib_btm.files import atomic_write
 
 #: Backbone and feature layers that match the converted weights (stride 8 and 16, like layer2/layer3).
@@ -132,6 +133,11 @@ def report_in_anomalib_cli() -> None:
     sys.excepthook = hook
 
 
+CLI_ERRORS: tuple[type[BaseException], ...] = (PretrainedWeightsError, *USER_ERRORS)
+"""What the package's commands that build a model report as one line: :data:`~anomalib_btm.cli.USER_ERRORS` and
+:class:`PretrainedWeightsError`."""
+
+
 def cli_errors(prog: str, run: Callable[[], int]) -> int:
     """Run a package CLI's body; user errors become ``PROG: error: MESSAGE`` on stderr and exit status 2.
 
@@ -140,14 +146,12 @@ def cli_errors(prog: str, run: Callable[[], int]) -> int:
         run (Callable[[], int]): The body; returns the exit status.
 
     Returns:
-        int: ``run()``'s status, or 2 on :class:`PretrainedWeightsError`, ``ValueError``, ``FileNotFoundError`` or
-        ``ImportError`` (a missing optional package).
+        int: ``run()``'s status, or 2 on one of :data:`CLI_ERRORS` (see :func:`anomalib_btm.cli.report`).
     """
     try:
         return run()
-    except (PretrainedWeightsError, ValueError, FileNotFoundError, ImportError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as error:
+        return report(prog, error)
 
 
 def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
@@ -190,13 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv (Sequence[str] | None): Arguments (defaults to ``sys.argv[1:]``).
 
     Returns:
-        int: Exit code.
+        int: Exit code: 0, or 2 with one line on stderr.
     """
-    parser = argparse.ArgumentParser(prog="python -m anomalib_btm.weights", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m anomalib_btm.weights", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=["efficientnet-lite0"], help="weights to convert")
     parser.add_argument("output", type=Path, help="output .pth file")
-    args = parser.parse_args(argv)
-    return cli_errors(parser.prog, lambda: _write(args.output))
+    return run_cli(parser, argv, lambda args: _write(args.output), errors=CLI_ERRORS)
 
 
 def _write(output: Path) -> int:

@@ -36,22 +36,29 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import torch
+from anomalib.data import Batch, DepthBatch, ImageBatch
 from anomalib.metrics import AUPRO, AUROC
 from matplotlib.figure import Figure
+from torch.utils.data import DataLoader
 
+from anomalib_btm.cli import ArgumentParser, run, signature_defaults
 from anomalib_btm.features.fpfh import FPFH_BACKENDS
 from anomalib_btm.models.btm.lightning_model import BTM
 from anomalib_btm.models.btm.scoring import PIXEL_METRICS, DualKScorer, knn
 from anomalib_btm.models.btm.torch_model import BTMModel
-from anomalib_btm.weights import cli_errors
+from anomalib_btm.weights import CLI_ERRORS
 
 __all__ = [
     "KSweep",
@@ -410,12 +417,69 @@ def plot_sweep(result: KSweep, path: str | Path, title: str = "BTM: metrics agai
     return path
 
 
+def _anomalib_batches(batches: Iterable[Any]) -> Iterator[Batch]:
+    """The batches as anomalib ``ImageBatch`` / ``DepthBatch`` (anomalib batches pass as they are), for Lightning.
+
+    Args:
+        batches (Iterable[Any]): Objects with ``image`` and optionally ``depth_map``, e.g. ``SimpleNamespace``.
+
+    Yields:
+        Batch: The next batch.
+    """
+    for batch in batches:
+        depth_map = getattr(batch, "depth_map", None)
+        if isinstance(batch, Batch):
+            yield batch
+        elif depth_map is None:
+            yield ImageBatch(image=batch.image)
+        else:
+            yield DepthBatch(image=batch.image, depth_map=depth_map)
+
+
+@contextmanager
+def _pre_processing(model: BTM, transform: Transform | None) -> Iterator[None]:
+    """Let the model's pre-processor apply ``transform`` (when given) for the duration of the block."""
+    pre_processor = getattr(model, "pre_processor", None)
+    if transform is None or pre_processor is None:
+        yield
+        return
+    own = pre_processor.transform
+    pre_processor.transform = transform
+    try:
+        yield
+    finally:
+        pre_processor.transform = own
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's start-up notes and the warnings that do not apply to a one-epoch, optimizer-free BTM fit, muted."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric")]
+    levels = [item.level for item in loggers]
+    for item in loggers:
+        item.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in ("You defined a `validation_step`", "`LightningModule.configure_optimizers` returned"):
+                warnings.filterwarnings("ignore", message=re.escape(message))
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # the frozen backbone
+            yield
+    finally:
+        for item, level in zip(loggers, levels, strict=True):
+            item.setLevel(level)
+
+
 def fit_btm(model: BTM, dataloader: Iterable[Any], transform: Transform | None = None) -> BTM:
-    """Fit BTM's memory bank on training batches without a Lightning trainer (what ``Engine.fit`` does for BTM).
+    """Fit BTM's memory bank on training batches with anomalib's ``Engine.fit`` (one epoch; no validation, no files).
+
+    The fit runs on the device the model is on; nothing is logged or written (a barebones trainer in a temporary
+    directory). The memory bank is the one ``Engine.fit`` builds (the coreset sees the rows in image-path order, not in
+    the loader's shuffled order); a model fitted before is not fitted again (anomalib's ``MemoryBankMixin``).
 
     Args:
         model (BTM): The model.
-        dataloader (Iterable[Any]): Training batches (``image``, optionally ``depth_map``).
+        dataloader (Iterable[Any]): Training batches (``image``, optionally ``depth_map``): a ``DataLoader`` or any
+            iterable of anomalib batches or objects with those attributes.
         transform (Transform | None): Image transform; ``None`` for the model's pre-processor.
 
     Returns:
@@ -424,16 +488,21 @@ def fit_btm(model: BTM, dataloader: Iterable[Any], transform: Transform | None =
     Raises:
         PretrainedWeightsError: If the backbone's ``pre_trained`` weights cannot be obtained (before any batch).
     """
-    module, transform = _resolve(model, transform)
-    module.load_pretrained_weights()  # BTM defers them to the start of a fit; fail before reading any batch
-    device = next((p.device for p in module.parameters()), module.memory_bank.device)
-    module.train()
-    with torch.no_grad():
-        for batch in dataloader:
-            image = batch.image if transform is None else transform(batch.image)
-            module(image.to(device), getattr(batch, "depth_map", None))
-    model.fit()
-    model._is_fitted = torch.tensor([True], device=device)  # MemoryBankMixin's flag: no refit on validation
+    from anomalib.engine import Engine
+
+    model.model.load_pretrained_weights()  # BTM defers them to the start of a fit; fail before Lightning starts up
+    device = next((p.device for p in model.parameters()), model.model.memory_bank.device)
+    hardware: dict[str, Any] = {"accelerator": "cpu", "devices": 1}
+    if device.type == "cuda":
+        hardware = {"accelerator": "gpu", "devices": [device.index or 0]}
+    batches = dataloader if isinstance(dataloader, DataLoader) else _anomalib_batches(dataloader)
+    with (
+        tempfile.TemporaryDirectory(prefix="btm_fit_") as workspace,
+        _pre_processing(model, transform),
+        _quiet_lightning(),
+    ):
+        engine = Engine(default_root_dir=workspace, barebones=True, logger=False, **hardware)
+        engine.fit(model=model, train_dataloaders=batches)
     model.eval()
     return model
 
@@ -447,27 +516,28 @@ def _pre_trained(value: str) -> bool | str:
     return value
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _build_parser() -> ArgumentParser:
+    defaults = signature_defaults(BTM.__init__)
+    parser = ArgumentParser(
         prog="python -m anomalib_btm.analysis.sweep",
         description="Fit BTM on a category's train split, then sweep k = 1..k_max from one kNN query per test batch.",
     )
     parser.add_argument("--data-root", type=Path, required=True, help="MVTec 3D-AD root (holds <category>/).")
     parser.add_argument("--category", required=True)
     parser.add_argument("--k-max", type=int, default=9)
-    parser.add_argument("--modality", default="auto", choices=("auto", "rgb", "xyz", "rgb+xyz"))
-    parser.add_argument("--backbone", default="wide_resnet50_2")
-    parser.add_argument("--layers", nargs="+", default=["layer2", "layer3"])
+    parser.add_argument("--modality", default=defaults["modality"], choices=("auto", "rgb", "xyz", "rgb+xyz"))
+    parser.add_argument("--backbone", default=defaults["backbone"])
+    parser.add_argument("--layers", nargs="+", default=list(defaults["layers"]))
     parser.add_argument(
         "--pre-trained",
         type=_pre_trained,
-        default=True,
+        default=defaults["pre_trained"],
         help="true (ImageNet: timm's cache or a download), false (random), or a local weights file "
         "(offline: python -m anomalib_btm.weights efficientnet-lite0 FILE).",
     )
-    parser.add_argument("--fpfh-backend", default="torch", choices=FPFH_BACKENDS)
-    parser.add_argument("--coreset-sampling-ratio", type=float, default=0.1)
-    parser.add_argument("--pixel-metric", default="squared_mean", choices=PIXEL_METRICS)
+    parser.add_argument("--fpfh-backend", default=defaults["fpfh_backend"], choices=FPFH_BACKENDS)
+    parser.add_argument("--coreset-sampling-ratio", type=float, default=defaults["coreset_sampling_ratio"])
+    parser.add_argument("--pixel-metric", default=defaults["pixel_metric"], choices=PIXEL_METRICS)
     parser.add_argument("--image-size", type=int, default=224, help="Working size of the pre-processor.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=0)
@@ -487,9 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         int: Exit status: 0, or 2 with a one-line ``error:`` message on stderr (a missing category, bad arguments,
         backbone weights that cannot be obtained offline).
     """
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    return cli_errors(parser.prog, lambda: _run(args))
+    return run(_build_parser(), argv, _run, errors=CLI_ERRORS)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib_btm authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Data utilities: synthetic MVTec 3D-AD data, depth + intrinsics → organized XYZ, optional background removal.
+"""Data utilities: synthetic MVTec 3D-AD data, XYZ clouds, depth + intrinsics → XYZ, file checks, background removal.
 
 The names are loaded lazily, so that ``python -m anomalib_btm.data.<module>`` does not import the module twice.
 """
@@ -18,17 +18,9 @@ if TYPE_CHECKING:
         remove_background_cached,
         remove_background_dir,
     )
-    from anomalib_btm.data.depth import (
-        check_metric_units,
-        convert_depth_dir,
-        depth_to_xyz,
-        load_intrinsics,
-        read_depth,
-        read_xyz,
-        validate_xyz,
-        verify_sample_files,
-        write_xyz,
-    )
+    from anomalib_btm.data.cloud import check_metric_units, read_xyz, validate_xyz, write_xyz
+    from anomalib_btm.data.depth import convert_depth_dir, depth_to_xyz, read_depth
+    from anomalib_btm.data.intrinsics import load_intrinsics
     from anomalib_btm.data.synthetic import (
         DEFECT_TYPES,
         GEOMETRIC_DEFECTS,
@@ -37,6 +29,7 @@ if TYPE_CHECKING:
         render_sample,
         sample_seed,
     )
+    from anomalib_btm.data.verify import verify_sample_files
 
 _MODULES: dict[str, tuple[str, ...]] = {
     "anomalib_btm.data.synthetic": (
@@ -47,17 +40,10 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "render_sample",
         "sample_seed",
     ),
-    "anomalib_btm.data.depth": (
-        "check_metric_units",
-        "convert_depth_dir",
-        "depth_to_xyz",
-        "load_intrinsics",
-        "read_depth",
-        "read_xyz",
-        "validate_xyz",
-        "verify_sample_files",
-        "write_xyz",
-    ),
+    "anomalib_btm.data.cloud": ("check_metric_units", "read_xyz", "validate_xyz", "write_xyz"),
+    "anomalib_btm.data.depth": ("convert_depth_dir", "depth_to_xyz", "read_depth"),
+    "anomalib_btm.data.intrinsics": ("load_intrinsics",),
+    "anomalib_btm.data.verify": ("verify_sample_files",),
     "anomalib_btm.data.background": (
         "foreground_mask",
         "remove_background",

@@ -46,7 +46,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from anomalib_btm.data.depth import atomic_write, check_number, read_xyz, validate_xyz, write_xyz
+from anomalib_btm.cli import ArgumentParser, run, signature_defaults
+from anomalib_btm.data.cloud import read_xyz, validate_xyz, write_xyz
+from anomalib_btm.data.intrinsics import check_number
+from anomalib_btm.files import atomic_write
 
 __all__ = ["foreground_mask", "main", "remove_background", "remove_background_cached", "remove_background_dir"]
 
@@ -408,16 +411,13 @@ def remove_background_dir(
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point.
+_DEFAULTS = signature_defaults(remove_background)
+"""The command line's defaults: :func:`remove_background`'s."""
 
-    Args:
-        argv: Arguments without the program name; ``None`` reads ``sys.argv``.
 
-    Returns:
-        0 on success, 2 on an error (printed to stderr).
-    """
-    parser = argparse.ArgumentParser(
+def _build_parser() -> ArgumentParser:
+    defaults = _DEFAULTS
+    parser = ArgumentParser(
         prog="python -m anomalib_btm.data.background",
         description="Remove the background plane from organized XYZ clouds (BTF's preprocessing), with a cache.",
     )
@@ -425,29 +425,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("output_dir", type=Path, help="writes OUTPUT_DIR/xyz/<stem>.tiff (and rgb/<stem>.png)")
     parser.add_argument("--rgb-dir", type=Path, default=None, help="pixel-aligned RGB images with the same stems")
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: OUTPUT_DIR/.cache)")
-    parser.add_argument("--border", type=int, default=10, help="border width for the plane fit, px (default: 10)")
-    parser.add_argument("--plane-distance", type=float, default=0.005, help="metres (default: 0.005)")
-    parser.add_argument("--dbscan-eps", type=float, default=0.006, help="metres (default: 0.006)")
-    parser.add_argument("--dbscan-min-points", type=int, default=30, help="(default: 30)")
-    parser.add_argument("--seed", type=int, default=0, help="RANSAC seed (default: 0)")
-    args = parser.parse_args(argv)
-    try:
-        written = remove_background_dir(
-            args.xyz_dir,
-            args.output_dir,
-            rgb_dir=args.rgb_dir,
-            cache_dir=args.cache_dir,
-            border=args.border,
-            plane_distance=args.plane_distance,
-            dbscan_eps=args.dbscan_eps,
-            dbscan_min_points=args.dbscan_min_points,
-            seed=args.seed,
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+    parser.add_argument("--border", type=int, default=defaults["border"], help="border width for the plane fit, px")
+    parser.add_argument("--plane-distance", type=float, default=defaults["plane_distance"], help="metres")
+    parser.add_argument("--dbscan-eps", type=float, default=defaults["dbscan_eps"], help="metres")
+    parser.add_argument("--dbscan-min-points", type=int, default=defaults["dbscan_min_points"], help="points")
+    parser.add_argument("--seed", type=int, default=defaults["seed"], help="RANSAC seed")
+    return parser
+
+
+def _remove(args: argparse.Namespace) -> int:
+    written = remove_background_dir(
+        args.xyz_dir,
+        args.output_dir,
+        rgb_dir=args.rgb_dir,
+        cache_dir=args.cache_dir,
+        border=args.border,
+        plane_distance=args.plane_distance,
+        dbscan_eps=args.dbscan_eps,
+        dbscan_min_points=args.dbscan_min_points,
+        seed=args.seed,
+    )
     print(f"processed {len(written)} cloud(s) from {args.xyz_dir} into {args.output_dir}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point.
+
+    Args:
+        argv: Arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        0 on success, 2 on an error (one line on stderr).
+    """
+    return run(_build_parser(), argv, _remove)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from anomalib_btm.cli import ArgumentParser, UsageError, run, signature_defaults
+
 __all__ = [
     "DEFECT_TYPES",
     "GEOMETRIC_DEFECTS",
@@ -1126,34 +1128,54 @@ def generate_category(
     return target
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _build_parser() -> ArgumentParser:
+    defaults = signature_defaults(generate_category)
+    parser = ArgumentParser(
         prog="python -m anomalib_btm.data.synthetic",
         description="Generate a synthetic RGB + XYZ anomaly-detection category in the MVTec 3D-AD layout.",
     )
     parser.add_argument("root", type=Path, help="dataset root directory; the category is written to ROOT/CATEGORY")
-    parser.add_argument("--category", default="synthetic", help="category name (default: %(default)s)")
-    parser.add_argument("--n-train", type=int, default=20, help="good training samples (default: %(default)s)")
-    parser.add_argument("--n-validation", type=int, default=4, help="good validation samples (default: %(default)s)")
-    parser.add_argument("--n-test-good", type=int, default=8, help="good test samples (default: %(default)s)")
-    parser.add_argument("--n-test-defect", type=int, default=4, help="test samples per defect (default: %(default)s)")
+    parser.add_argument("--category", default=defaults["category"], help="category name")
+    parser.add_argument("--n-train", type=int, default=defaults["n_train"], help="good training samples")
+    parser.add_argument("--n-validation", type=int, default=defaults["n_validation"], help="good validation samples")
+    parser.add_argument("--n-test-good", type=int, default=defaults["n_test_good"], help="good test samples")
+    parser.add_argument(
+        "--n-test-defect", type=int, default=defaults["n_test_per_defect"], help="test samples per defect"
+    )
     parser.add_argument(
         "--image-size",
         type=int,
         nargs="+",
-        default=[224],
+        default=[defaults["image_size"]],
         metavar=("SIZE", "WIDTH"),
-        help="square image size in px, or HEIGHT WIDTH (default: 224)",
+        help="square image size in px, or HEIGHT WIDTH",
     )
-    parser.add_argument("--shape", default="bagel", choices=SHAPES, help="object shape (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument(
-        "--defects",
-        default=",".join(DEFECT_TYPES),
-        help="comma-separated defect types (default: %(default)s)",
-    )
+    parser.add_argument("--shape", default=defaults["shape"], choices=SHAPES, help="object shape")
+    parser.add_argument("--seed", type=int, default=defaults["seed"], help="random seed")
+    parser.add_argument("--defects", default=",".join(defaults["defects"]), help="comma-separated defect types")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty category directory")
     return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if len(args.image_size) > 2:
+        msg = "--image-size takes one value (square) or two (HEIGHT WIDTH)"
+        raise UsageError(msg)
+    path = generate_category(
+        args.root,
+        category=args.category,
+        n_train=args.n_train,
+        n_validation=args.n_validation,
+        n_test_good=args.n_test_good,
+        n_test_per_defect=args.n_test_defect,
+        image_size=args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size),
+        defects=args.defects,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        shape=args.shape,
+    )
+    print(path)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1163,32 +1185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; ``None`` reads ``sys.argv``.
 
     Returns:
-        The exit status (0 on success, 2 on invalid arguments).
+        The exit status (0 on success, 2 on invalid arguments, with one line on stderr).
     """
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if len(args.image_size) > 2:
-        parser.error("--image-size takes one value (square) or two (HEIGHT WIDTH)")
-    image_size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
-    try:
-        path = generate_category(
-            args.root,
-            category=args.category,
-            n_train=args.n_train,
-            n_validation=args.n_validation,
-            n_test_good=args.n_test_good,
-            n_test_per_defect=args.n_test_defect,
-            image_size=image_size,
-            defects=args.defects,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            shape=args.shape,
-        )
-    except ValueError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run(_build_parser(), argv, _generate)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,15 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from anomalib.data import NumpyImageBatch
-from matplotlib import colormaps
+from anomalib.visualization.image.functional import overlay_images, visualize_anomaly_map
 from PIL import Image
+
+from anomalib_btm.cli import ArgumentParser, UsageError, run
 
 from .inferencer import BTMInferencer, load_image
 
@@ -34,7 +37,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """Blend a normalised anomaly map (``[0, 1]``, 0.5 = threshold) over an RGB image, as anomalib's overlays do.
+    """The anomaly map over the image, drawn as anomalib's ``ImageVisualizer`` draws it.
+
+    anomalib's ``visualize_anomaly_map`` (jet colours, no per-image normalisation) and ``overlay_images``. The map is
+    post-processed (``[0, 1]``, 0.5 = threshold) and keeps that scale: jet colours, not normalised per image.
 
     Args:
         image (np.ndarray): ``(3, H, W)`` RGB in ``[0, 1]``.
@@ -44,12 +50,9 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> I
     Returns:
         Image.Image: The blended RGB image.
     """
-    height, width = image.shape[-2:]
-    heat = Image.fromarray(np.asarray(anomaly_map, dtype=np.float32).reshape(anomaly_map.shape[-2:]), mode="F")
-    heat = np.asarray(heat.resize((width, height), Image.Resampling.BILINEAR)).clip(0.0, 1.0)
-    colours = colormaps["jet"](heat)[..., :3]
-    blended = (1 - alpha) * image.transpose(1, 2, 0) + alpha * colours
-    return Image.fromarray((blended.clip(0.0, 1.0) * 255).round().astype(np.uint8))
+    picture = Image.fromarray((np.asarray(image).transpose(1, 2, 0).clip(0.0, 1.0) * 255).round().astype(np.uint8))
+    heat = np.asarray(anomaly_map, dtype=np.float32).reshape(anomaly_map.shape[-2:]).clip(0.0, 1.0)
+    return overlay_images(picture, visualize_anomaly_map(heat), alpha=alpha).convert("RGB")
 
 
 def paired_files(image_dir: Path, xyz_dir: Path | None) -> list[tuple[Path, Path | None]]:
@@ -104,9 +107,8 @@ def _write(result: NumpyImageBatch, image: Path, xyz: Path | None, model: Path, 
     return score, label
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m anomalib_btm.deploy", description=__doc__.split("\n\n")[0])
+def _build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m anomalib_btm.deploy", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="exported model (.xml or .onnx)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, default=None, help="RGB image")
@@ -114,37 +116,64 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--xyz", type=Path, default=None, help="organized XYZ TIFF in metres (RGB + 3D models)")
     parser.add_argument("--xyz-dir", type=Path, default=None, help="folder of XYZ TIFFs named like the images")
     parser.add_argument("--output", type=Path, required=True, help="folder for the JSON results and the overlays")
-    parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device")
     parser.add_argument("--jobs", type=int, default=0, help="infer requests in flight with --image-dir (0: optimal)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _score(args: argparse.Namespace) -> int:
+    """Score one image or a folder (the body of :func:`main`).
+
+    Args:
+        args (argparse.Namespace): Parsed arguments.
+
+    Returns:
+        int: ``0``.
+
+    Raises:
+        UsageError: If ``--xyz`` / ``--xyz-dir`` does not go with ``--image`` / ``--image-dir``, or a model that uses
+            clouds gets none.
+    """
     if args.image_dir is not None and args.xyz is not None:
-        parser.error("--xyz goes with --image; use --xyz-dir with --image-dir.")
+        msg = "--xyz goes with --image; use --xyz-dir with --image-dir."
+        raise UsageError(msg)
     if args.image is not None and args.xyz_dir is not None:
-        parser.error("--xyz-dir goes with --image-dir; use --xyz with --image.")
-    try:
-        inferencer = BTMInferencer(args.model, device=args.device)
-        if args.image is not None:
-            result = inferencer.predict(args.image, args.xyz)
-            args.output.mkdir(parents=True, exist_ok=True)
-            score, label = _write(result, args.image, args.xyz, args.model, args.output)
-            print(f"{args.image}: pred_score={score:.4f} pred_label={'anomalous' if label else 'normal'}")
-            return 0
-        if inferencer.uses_xyz and args.xyz_dir is None:
-            parser.exit(2, "error: This BTM model uses point clouds: pass `--xyz-dir` with `--image-dir`.\n")
-        pairs = paired_files(args.image_dir, args.xyz_dir if inferencer.uses_xyz else None)
+        msg = "--xyz-dir goes with --image-dir; use --xyz with --image."
+        raise UsageError(msg)
+    inferencer = BTMInferencer(args.model, device=args.device)
+    if args.image is not None:
+        result = inferencer.predict(args.image, args.xyz)
         args.output.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        anomalous = 0
-        for (image, xyz), result in zip(pairs, inferencer.predict_many(pairs, jobs=args.jobs), strict=True):
-            anomalous += int(_write(result, image, xyz, args.model, args.output)[1])
-        seconds = time.perf_counter() - start
-    except (FileNotFoundError, ValueError) as error:
-        parser.exit(2, f"error: {error}\n")
+        score, label = _write(result, args.image, args.xyz, args.model, args.output)
+        print(f"{args.image}: pred_score={score:.4f} pred_label={'anomalous' if label else 'normal'}")
+        return 0
+    if inferencer.uses_xyz and args.xyz_dir is None:
+        msg = "This BTM model uses point clouds: pass `--xyz-dir` with `--image-dir`."
+        raise UsageError(msg)
+    pairs = paired_files(args.image_dir, args.xyz_dir if inferencer.uses_xyz else None)
+    args.output.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    anomalous = 0
+    for (image, xyz), result in zip(pairs, inferencer.predict_many(pairs, jobs=args.jobs), strict=True):
+        anomalous += int(_write(result, image, xyz, args.model, args.output)[1])
+    seconds = time.perf_counter() - start
     print(
         f"{len(pairs)} samples ({anomalous} anomalous) in {seconds:.2f} s: {len(pairs) / seconds:.1f} samples/s "
         f"(OpenVINO throughput mode, results in {args.output})"
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point.
+
+    Args:
+        argv (Sequence[str] | None): Arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        int: 0, or 2 with one line ``python -m anomalib_btm.deploy: error: ...`` on stderr.
+    """
+    return run(_build_parser(), argv, _score)
 
 
 if __name__ == "__main__":

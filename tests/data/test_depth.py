@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from anomalib_btm.data.cloud import _unit_statistics
 from anomalib_btm.data.depth import (
     ZERO_NUDGE,
     check_metric_units,
@@ -231,6 +232,38 @@ def test_load_intrinsics_errors_name_the_file(tmp_path: Path) -> None:
         load_intrinsics(_write_json(tmp_path, {**EXPECTED, "fx": -5}, "neg.json"))
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"focal_x": 500.0, "focal_y": 510.0, "u0": 320.5, "v0": 240.25},
+        {"calibration": EXPECTED},
+        {"mtx": [[500.0, 0, 320.5], [0, 510.0, 240.25], [0, 0, 1]]},
+    ],
+)
+def test_load_intrinsics_refuses_other_layouts_in_one_line(tmp_path: Path, data: dict) -> None:
+    with pytest.raises(ValueError, match=r"alias\.json holds no pinhole intrinsics") as info:
+        load_intrinsics(_write_json(tmp_path, data, "alias.json"))
+    assert '{"fx": ..., "fy": ..., "cx": ..., "cy": ...}' in str(info.value)
+    assert "Open3D" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_load_intrinsics_refuses_a_column_major_camera_matrix(tmp_path: Path) -> None:
+    path = _write_json(tmp_path, {"K": [500.0, 0, 0, 0, 510.0, 0, 320.5, 240.25, 1]}, "cm.json")
+    with pytest.raises(ValueError, match=r"cm\.json: camera_matrix/K must be row-major"):
+        load_intrinsics(path)
+
+
+def test_load_intrinsics_reads_open3d_files(tmp_path: Path) -> None:
+    import open3d as o3d
+
+    path = tmp_path / "open3d.json"
+    o3d.io.write_pinhole_camera_intrinsic(
+        str(path), o3d.camera.PinholeCameraIntrinsic(640, 480, 500.0, 510.0, 320.5, 240.25)
+    )
+    assert load_intrinsics(path) == pytest.approx(EXPECTED)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # read_depth, read_xyz, write_xyz
 # ------------------------------------------------------------------------------------------------------------------
@@ -302,6 +335,17 @@ def test_check_metric_units_detects_double_scaling(sample: tuple[np.ndarray, dic
     xyz, _ = sample
     with pytest.raises(ValueError, match=r"depth_scale=1\.0"):
         check_metric_units(xyz * 1e-3)
+
+
+def test_unit_check_subsample_keeps_the_statistics() -> None:
+    xyz = render_sample(224, "dent", 0).xyz
+    subsampled = _unit_statistics(xyz)
+    full = _unit_statistics(xyz, max_points=xyz.shape[0] * xyz.shape[1])
+    assert subsampled == pytest.approx(full, rel=0.01)
+    row = np.zeros((200, 200, 3), dtype=np.float32)  # the only adjacent points lie on a row the subsample skips
+    row[101, :] = [0.001, 0.001, 0.5]
+    row[101, :, 0] += np.arange(200) * 0.0005
+    assert _unit_statistics(row, max_points=1000)[1] == pytest.approx(0.0005, rel=1e-3)
 
 
 @pytest.mark.parametrize(
