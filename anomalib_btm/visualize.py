@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from anomalib.visualization import ImageVisualizer
 
-from anomalib_btm.data.depth import atomic_write
+from anomalib_btm.files import atomic_write
 
 __all__ = ["anomaly_colors", "display_images", "save_figure", "save_ply"]
 
@@ -420,13 +420,13 @@ class BTMVisualizer(ImageVisualizer):
             return
         import torch
         from anomalib.utils.path import generate_output_filename
-
-        from anomalib_btm.models.btm.feature_branches import resize_xyz
+        from torch.nn import functional as F
 
         datamodule = getattr(trainer, "datamodule", None)
         maps = batch.anomaly_map.detach().float().cpu()
         maps = maps if maps.dim() == 4 else maps.unsqueeze(1)
-        xyz = resize_xyz(torch.as_tensor(depth).float().cpu(), tuple(maps.shape[-2:]))
+        # Nearest, as the model resizes clouds: every point drawn is a measured point, none is invented.
+        xyz = F.interpolate(torch.as_tensor(depth).float().cpu(), size=tuple(maps.shape[-2:]), mode="nearest")
         images = display_images(batch.image, paths, maps.shape[-2:], pl_module)
         for index in range(xyz.shape[0]):
             source = batch.image_path[index] if batch.image_path is not None else f"{batch_idx:04d}_{index:02d}.png"
