@@ -17,6 +17,7 @@ Both functions write atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,12 +143,9 @@ def _ply_bytes(points: np.ndarray, colors: np.ndarray, scores: np.ndarray | None
     head = ("\n".join(header) + "\n").encode("ascii")
     if binary:
         return head + vertices.tobytes()
-    text_columns = [np.char.mod("%.9g" if kind == "<f4" else "%d", vertices[name]) for name, kind in fields]
-    lines = text_columns[0]
-    for column in text_columns[1:]:
-        lines = np.char.add(np.char.add(lines, " "), column)
-    body = "\n".join(lines.tolist()) + ("\n" if len(points) else "")
-    return head + body.encode("ascii")
+    text = io.BytesIO()  # "%.9g": float32 values read back exactly
+    np.savetxt(text, vertices, fmt=" ".join("%.9g" if kind == "<f4" else "%d" for _, kind in fields))
+    return head + text.getvalue()
 
 
 def save_ply(
