@@ -381,7 +381,9 @@ class BTMVisualizer(ImageVisualizer):
 
     Example:
         >>> from anomalib_btm import BTM
-        >>> model = BTM(pre_trained=False, visualizer=BTMVisualizer(save_ply=True))  # doctest: +SKIP
+        >>> model = BTM(backbone="resnet18", pre_trained=False, visualizer=BTMVisualizer(save_ply=True))
+        >>> model.visualizer.save_ply
+        True
     """
 
     def __init__(self, save_ply: bool = False, **kwargs: Any) -> None:

@@ -249,9 +249,13 @@ class BTMExportModule(nn.Module):
         ValueError: If the model is not fitted, or uses BTF's PIL blur (8-bit, not traceable), or ``fpfh`` is unknown.
 
     Example:
-        >>> module = BTMExportModule(btm.model, btm.pre_processor, btm.post_processor)  # doctest: +SKIP
-        >>> predictions = module(image, module.fpfh_input(xyz, image.shape[-2:]))  # doctest: +SKIP
-        >>> predictions.pred_score.shape  # doctest: +SKIP
+        >>> from anomalib_btm import BTM
+        >>> btm = BTM(backbone="resnet18", pre_trained=False, modality="rgb+xyz")
+        >>> btm.model.memory_bank = torch.rand(16, 417)  # stands in for the bank that a fit builds
+        >>> module = BTMExportModule(btm.model, btm.pre_processor, btm.post_processor).eval()
+        >>> image, xyz = torch.rand(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)
+        >>> predictions = module(image, module.fpfh_input(xyz, image.shape[-2:]))
+        >>> predictions.pred_score.shape
         torch.Size([1])
     """
 
