@@ -17,6 +17,7 @@ Both functions write atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 from anomalib.visualization import ImageVisualizer
 
-from anomalib_btm.data.depth import atomic_write
+from anomalib_btm.files import atomic_write
 
 __all__ = ["anomaly_colors", "display_images", "save_figure", "save_ply"]
 
@@ -142,12 +143,9 @@ def _ply_bytes(points: np.ndarray, colors: np.ndarray, scores: np.ndarray | None
     head = ("\n".join(header) + "\n").encode("ascii")
     if binary:
         return head + vertices.tobytes()
-    text_columns = [np.char.mod("%.9g" if kind == "<f4" else "%d", vertices[name]) for name, kind in fields]
-    lines = text_columns[0]
-    for column in text_columns[1:]:
-        lines = np.char.add(np.char.add(lines, " "), column)
-    body = "\n".join(lines.tolist()) + ("\n" if len(points) else "")
-    return head + body.encode("ascii")
+    text = io.BytesIO()  # "%.9g": float32 values read back exactly
+    np.savetxt(text, vertices, fmt=" ".join("%.9g" if kind == "<f4" else "%d" for _, kind in fields))
+    return head + text.getvalue()
 
 
 def save_ply(
@@ -383,7 +381,9 @@ class BTMVisualizer(ImageVisualizer):
 
     Example:
         >>> from anomalib_btm import BTM
-        >>> model = BTM(pre_trained=False, visualizer=BTMVisualizer(save_ply=True))  # doctest: +SKIP
+        >>> model = BTM(backbone="resnet18", pre_trained=False, visualizer=BTMVisualizer(save_ply=True))
+        >>> model.visualizer.save_ply
+        True
     """
 
     def __init__(self, save_ply: bool = False, **kwargs: Any) -> None:
@@ -420,13 +420,13 @@ class BTMVisualizer(ImageVisualizer):
             return
         import torch
         from anomalib.utils.path import generate_output_filename
-
-        from anomalib_btm.models.btm.feature_branches import resize_xyz
+        from torch.nn import functional as F
 
         datamodule = getattr(trainer, "datamodule", None)
         maps = batch.anomaly_map.detach().float().cpu()
         maps = maps if maps.dim() == 4 else maps.unsqueeze(1)
-        xyz = resize_xyz(torch.as_tensor(depth).float().cpu(), tuple(maps.shape[-2:]))
+        # Nearest, as the model resizes clouds: every point drawn is a measured point, none is invented.
+        xyz = F.interpolate(torch.as_tensor(depth).float().cpu(), size=tuple(maps.shape[-2:]), mode="nearest")
         images = display_images(batch.image, paths, maps.shape[-2:], pl_module)
         for index in range(xyz.shape[0]):
             source = batch.image_path[index] if batch.image_path is not None else f"{batch_idx:04d}_{index:02d}.png"

@@ -134,8 +134,8 @@ class BTMInferencer:
     """Run an exported BTM (OpenVINO IR ``.xml`` or ``.onnx``) on RGB images and organized point clouds.
 
     The exported graph has dynamic batch and sizes. By default each new combination of input shapes is compiled
-    once with those shapes fixed (OpenVINO plans memory and fuses better: about 1.8× faster for an FPFH graph at
-    224², measured in ``benchmarks/export.py``); ``static_shapes=False`` runs the dynamic graph.
+    once with those shapes fixed (OpenVINO plans memory and fuses better with static shapes; ``benchmarks/export.py``
+    measures the difference); ``static_shapes=False`` runs the dynamic graph.
 
     Args:
         path (str | Path): ``model.xml`` (with its ``.bin``) or ``model.onnx`` from ``anomalib export``.

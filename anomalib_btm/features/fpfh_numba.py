@@ -14,8 +14,8 @@ into the neighbouring bin, and a neighbour-count correction pass may then step d
 (``tests/features/test_fpfh_numba.py`` bounds both).
 
 Rows are split into chunks that a thread pool of ``torch.get_num_threads()`` workers runs concurrently (the
-kernels release the GIL). The first call in a fresh environment compiles the kernels (about 8 s); Numba caches
-the machine code on disk, later processes load it in well under a second.
+kernels release the GIL). The first call in a fresh environment compiles the kernels (seconds); Numba caches
+the machine code on disk, and later processes load it instead of compiling.
 
 The torch graph remains the implementation for CUDA, ``torch.compile``, ONNX/OpenVINO export, float64 input and
 autograd.

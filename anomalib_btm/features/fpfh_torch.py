@@ -124,7 +124,7 @@ def _window(padded: torch.Tensor, window: int, height: int, width: int) -> torch
     """
     if torch.compiler.is_exporting():
         # im2col lays the candidates out as (C, window, window) channels: no transpose of a 6-d view, which took
-        # a third of OpenVINO's time (measured). Eagerly im2col is slower than the strided view below.
+        # a large share of OpenVINO's time. Eagerly im2col is slower than the strided view below.
         return F.unfold(padded, window).reshape(padded.shape[0], padded.shape[1], window * window, height, width)
     patches = padded.unfold(2, window, 1).unfold(3, window, 1)  # (B, C, H, W, window, window)
     return patches.permute(0, 1, 4, 5, 2, 3).reshape(padded.shape[0], padded.shape[1], window * window, height, width)
@@ -755,9 +755,9 @@ def check_torch_options(options: dict[str, object]) -> None:
 
 
 # The SPFH and FPFH stages must recompute per-candidate values inside their reduction loops instead of writing
-# (B, P, H, W) buffers (memory bound: ~30 ms per buffer pass at 224², measured); raising Inductor's realisation
+# (B, P, H, W) buffers (each pass over such a buffer is memory bound); raising Inductor's realisation
 # thresholds does that and lets the 33 histogram reductions share one loop. The covariance stage gains nothing
-# measurable from it but compiles ~10× slower, and the eigen solver is a large pointwise graph whose shared
+# measurable from it but compiles much longer, and the eigen solver is a large pointwise graph whose shared
 # subexpressions must stay realised: both use the defaults.
 _FUSE_OPTIONS = {
     "realize_reads_threshold": 1000,
@@ -811,11 +811,11 @@ def fpfh_torch(
             passes; ``"exact"``: the ``max_nn`` nearest (ties kept) by bisection, 24 counting passes.
         passes: Correction passes of the fast selection.
         compile: Run every stage through ``torch.compile`` (static shapes: the first call per input shape compiles,
-            about 1-3 minutes on 2 CPU cores; Dynamo's recompile limit applies, keep the input shape fixed).
+            which takes minutes on a small CPU; Dynamo's recompile limit applies, keep the input shape fixed).
         batch_chunk: Process at most this many clouds at once (bounds the memory of eager execution, where
             intermediates of shape ``(chunk, window**2, H, W)`` are materialised). ``None``: the whole batch.
         cpu_kernel: Compute CPU input with the fused kernels of :mod:`anomalib_btm.features.fpfh_numba` (same
-            arithmetic, about 8× faster than the eager torch graph, measured in ``benchmarks/fpfh.py``). Applies
+            arithmetic, faster than the eager torch graph: ``benchmarks/fpfh.py`` measures both). Applies
             only where the graph is not needed: float32 (or lower precision) CPU input, no ``compile``, not while
             exporting, compiling or tracing, no gradient required. ``False``: always the torch graph.
 

@@ -6,8 +6,8 @@
 A drop-in replacement for :class:`anomalib.models.components.sampling.KCenterGreedy` that selects exactly the same
 indices for the same random state, but allocates all of its buffers once:
 
-1. The embedding ``(N, D)`` is projected to ``k`` Johnson-Lindenstrauss dimensions (``eps = 0.9``) with a very
-   sparse random matrix drawn with the same random calls, in the same order, as anomalib's
+1. The embedding ``(N, D)`` is projected to ``k`` Johnson-Lindenstrauss dimensions (``eps = 0.9``) with the very
+   sparse random matrix of anomalib's own
    :class:`~anomalib.models.components.dimensionality_reduction.SparseRandomProjection`.
 2. The first center is drawn with ``torch.randint`` on the embedding's device (as anomalib does); every further
    center is the point farthest from all centers chosen so far (greedy farthest-point / k-center).
@@ -24,8 +24,9 @@ Random state. anomalib draws from *two* global generators: torch's (the number o
 their signs, and the first center) and NumPy's (the column positions of the non-zeros, via
 :func:`sklearn.utils.random.sample_without_replacement` with ``random_state=None``). With ``seed=None`` this module
 consumes both global generators exactly like anomalib, so ``torch.manual_seed(s); np.random.seed(s)`` before either
-implementation gives the same coreset. With ``seed=s`` it uses private generators seeded with ``s`` and leaves the
-global state untouched; the result equals anomalib's after ``torch.manual_seed(s); np.random.seed(s)``.
+implementation gives the same coreset. With ``seed=s`` both global generators are seeded with ``s`` for the draws
+only (:func:`seeded_rng`: ``torch.random.fork_rng`` and NumPy's saved state) and restored afterwards; the result
+equals anomalib's after ``torch.manual_seed(s); np.random.seed(s)``, on every process and for both methods.
 
 Example:
     >>> import torch
@@ -38,11 +39,12 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
-from sklearn.utils.random import sample_without_replacement
+from anomalib.models.components.dimensionality_reduction import SparseRandomProjection
 from tqdm import tqdm
 
 from .coreset_kernels import _add_center, _center_distances, _farthest, _first_center
@@ -54,6 +56,7 @@ __all__ = [
     "check_coreset_method",
     "project_blocks",
     "sample_coreset",
+    "seeded_rng",
     "sparse_random_projection_matrix",
 ]
 
@@ -65,8 +68,8 @@ CHUNK_BYTES = 256 * 1024**2
 
 Every step runs two large ops per chunk (subtraction and norm), each a parallel region ending in a thread barrier.
 Small, cache-sized chunks are fastest on an idle CPU but collapse when the cores are oversubscribed, because every
-barrier waits for a descheduled thread (100k x 284 features on a 2-core machine at load 5: 60-160 ms per step with
-14 chunks of 8 MiB, about 36 ms with one chunk). Large chunks keep the number of barriers per step small; 256 MiB
+barrier waits for a descheduled thread (many small chunks per step were markedly slower than one large chunk on
+a loaded 2-core machine). Large chunks keep the number of barriers per step small; 256 MiB
 bounds the extra memory.
 """
 
@@ -77,84 +80,59 @@ CHECK_CHUNK_BYTES = 64 * 1024**2
 """Rows checked at once for NaN / inf (the boolean mask is a quarter of this for float32)."""
 
 
-def _johnson_lindenstrauss_min_dim(n_samples: int, eps: float) -> int:
-    """Return the Johnson-Lindenstrauss dimension exactly as anomalib computes it (NumPy float64, truncated).
+@contextmanager
+def seeded_rng(seed: int | None) -> Iterator[None]:
+    """Seed torch's global CPU generator and NumPy's global generator with ``seed`` for a block, then restore both.
+
+    The random calls of anomalib's coreset go to these two generators; seeding both with the same ``seed`` gives
+    the same draws on every process and for both coreset methods. ``None``: the generators as they are.
 
     Args:
-        n_samples: Number of rows of the embedding.
-        eps: Maximum distortion.
+        seed: Seed, or ``None`` to leave the generators alone.
 
-    Returns:
-        Number of projected dimensions.
+    Yields:
+        Nothing; the block runs with the seeded generators.
+
+    Example:
+        >>> with seeded_rng(3):
+        ...     first = torch.rand(1)
+        >>> with seeded_rng(3):
+        ...     bool(torch.rand(1) == first)
+        True
     """
-    denominator = (eps**2 / 2) - (eps**3 / 3)
-    return int((4 * np.log(n_samples) / denominator).astype(np.int64))
+    if seed is None:
+        yield
+        return
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
 
 
-def _binomial(
-    total_count: float,
-    probs: float,
-    shape: Sequence[int],
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """Draw from ``Binomial(total_count, probs)`` with the same RNG use as ``torch.distributions.Binomial.sample``.
+def sparse_random_projection_matrix(n_samples: int, n_features: int, *, eps: float = PROJECTION_EPS) -> torch.Tensor:
+    """The very sparse random projection matrix of anomalib's coreset sampler, drawn by anomalib's own class.
 
-    Args:
-        total_count: Number of trials.
-        probs: Success probability (rounded to the default dtype, as ``torch.distributions`` does).
-        shape: Sample shape.
-        generator: Generator to draw from; ``None`` for torch's global CPU generator.
-
-    Returns:
-        Tensor of ``shape`` in the default dtype.
-    """
-    dtype = torch.get_default_dtype()
-    count_t = torch.tensor(total_count, dtype=dtype)
-    probs_t = torch.tensor(probs, dtype=dtype)
-    return torch.binomial(count_t.expand(shape), probs_t.expand(shape), generator=generator)
-
-
-def sparse_random_projection_matrix(
-    n_samples: int,
-    n_features: int,
-    *,
-    eps: float = PROJECTION_EPS,
-    generator: torch.Generator | None = None,
-    numpy_rng: np.random.RandomState | None = None,
-) -> torch.Tensor:
-    """Draw the very sparse random projection matrix used by anomalib's coreset sampler.
-
-    The number of components is the Johnson-Lindenstrauss dimension for ``n_samples`` and ``eps``; the density is
-    ``1 / sqrt(n_features)`` (Li et al., "Very sparse random projections", KDD 2006). The random draws are made in
-    the same order and with the same calls as anomalib's ``SparseRandomProjection.fit``, so with the same random
-    state the matrix is identical.
+    :class:`~anomalib.models.components.dimensionality_reduction.SparseRandomProjection` (Li et al., "Very sparse
+    random projections", KDD 2006): Johnson-Lindenstrauss components for ``n_samples`` and ``eps``, density
+    ``1 / sqrt(n_features)``. It draws from torch's and NumPy's global generators: run it under
+    :func:`seeded_rng` for a matrix that depends on a seed only.
 
     Args:
         n_samples: Number of rows of the embedding to project (sets the output dimension).
         n_features: Number of columns of the embedding.
         eps: Johnson-Lindenstrauss distortion. Defaults to ``0.9``.
-        generator: Torch CPU generator for the non-zero counts and signs; ``None`` for the global one.
-        numpy_rng: NumPy random state for the non-zero positions; ``None`` for NumPy's global one.
 
     Returns:
         Dense float32 CPU tensor of shape ``(n_components, n_features)``.
     """
-    n_components = _johnson_lindenstrauss_min_dim(n_samples, eps)
-    if n_components == 0:  # a single sample: nothing to draw (anomalib draws nothing either)
+    if n_samples < 2:  # no component for a single sample: nothing to draw (anomalib would divide by zero)
         return torch.zeros((0, n_features), dtype=torch.float32)
-    density = 1 / np.sqrt(n_features)
-    if density == 1:
-        # A single feature: dense +-1 / sqrt(n_components).
-        signs = _binomial(1, 0.5, (n_components, n_features), generator) * 2 - 1
-        return (1 / np.sqrt(n_components) * signs).to(torch.float32)
-    matrix = torch.zeros((n_components, n_features), dtype=torch.float32)
-    for row in range(n_components):
-        n_nonzero = int(_binomial(n_features, float(density), (), generator).item())
-        columns = sample_without_replacement(n_population=n_features, n_samples=n_nonzero, random_state=numpy_rng)
-        columns_t = torch.as_tensor(np.asarray(columns), dtype=torch.int64)
-        matrix[row, columns_t] = _binomial(1, 0.5, (columns_t.numel(),), generator) * 2 - 1
-    matrix.mul_(float(np.sqrt(1 / density) / np.sqrt(n_components)))
-    return matrix
+    shape_only = torch.zeros(()).expand(n_samples, n_features)  # fit reads the shape and device only
+    return SparseRandomProjection(eps=eps).fit(shape_only).sparse_random_matrix
 
 
 def _min_ratio_selecting_one(n_samples: int) -> float:
@@ -264,7 +242,7 @@ class KCenterGreedy:
         embedding: Embedding of shape ``(n_samples, n_features)``, float, finite, on any device.
         sampling_ratio: Fraction of rows to select, in ``(0, 1]``; the coreset has ``int(n_samples *
             sampling_ratio)`` rows.
-        seed: If given, draw from private generators seeded with it (and leave the global random state alone);
+        seed: If given, draw with the global generators seeded with it and restored afterwards (:func:`seeded_rng`);
             the selection then equals anomalib's after ``torch.manual_seed(seed); np.random.seed(seed)``. If
             ``None`` (default), consume torch's and NumPy's global generators exactly as anomalib does.
         progress: Show a tqdm progress bar of the selection. Defaults to ``False``.
@@ -317,37 +295,14 @@ class KCenterGreedy:
         self.features: torch.Tensor | None = None
         self.min_distances: torch.Tensor | None = None
 
-    def _generators(
-        self,
-        device: torch.device,
-    ) -> tuple[torch.Generator | None, torch.Generator | None, np.random.RandomState | None]:
-        """Return the CPU generator, the device generator and the NumPy random state for one selection.
-
-        Args:
-            device: Device of the embedding (the first center is drawn there, as anomalib does).
-
-        Returns:
-            ``(cpu_generator, device_generator, numpy_rng)``; all ``None`` for the global generators.
-        """
-        if self.seed is None:
-            return None, None, None
-        cpu = torch.Generator(device="cpu").manual_seed(self.seed)
-        dev = cpu if device.type == "cpu" else torch.Generator(device=device).manual_seed(self.seed)
-        return cpu, dev, np.random.RandomState(self.seed % 2**32)
-
-    def _project(self, cpu_generator: torch.Generator | None, numpy_rng: np.random.RandomState | None) -> torch.Tensor:
+    def _project(self) -> torch.Tensor:
         """Draw the projection matrix and project the embedding (one ``N x k`` allocation).
-
-        Args:
-            cpu_generator: Torch CPU generator or ``None`` for the global one.
-            numpy_rng: NumPy random state or ``None`` for the global one.
 
         Returns:
             Projected features ``(n_samples, n_components)`` in the embedding's dtype, on its device.
         """
         n_samples, n_features = self.embedding.shape
-        matrix = sparse_random_projection_matrix(n_samples, n_features, generator=cpu_generator, numpy_rng=numpy_rng)
-        self.projection = matrix.to(self.embedding.device)
+        self.projection = sparse_random_projection_matrix(n_samples, n_features).to(self.embedding.device)
         # Same expression as anomalib's transform, so the BLAS call (and its rounding) is the same.
         return self.embedding @ self.projection.T.type(self.embedding.dtype)
 
@@ -384,8 +339,14 @@ class KCenterGreedy:
                 raise ValueError(msg)
 
         device = self.embedding.device
-        cpu_generator, device_generator, numpy_rng = self._generators(device)
-        features = self._project(cpu_generator, numpy_rng)
+        with seeded_rng(self.seed):
+            features = self._project()
+            if selected_idxs is None:
+                # anomalib: idx = torch.randint(high=n, size=(1,), device=features.device); on an accelerator the
+                # seeded draw uses a generator of that device seeded alike.
+                seeded = self.seed is not None and device.type != "cpu"
+                generator = torch.Generator(device=device).manual_seed(self.seed) if seeded else None
+                first = torch.randint(high=n, size=(1,), device=device, generator=generator)
         self.features = features
         n_components = features.shape[1]
 
@@ -411,7 +372,7 @@ class KCenterGreedy:
 
         # Views into the buffers, made once: (features rows, work rows, distances, [(min_distances, distances)]).
         # The elementwise minimum is cheap, so on CPU it runs on slices below torch's parallel grain size: serial,
-        # no thread barrier (a parallel minimum over 100k values cost 7 ms instead of 0.1 ms on a loaded machine).
+        # no thread barrier (a parallel minimum costs far more than the serial one on a loaded machine).
         fold = SERIAL_SLICE if device.type == "cpu" else max(1, chunk_rows)
         plan = []
         for start, stop in chunks:
@@ -432,8 +393,7 @@ class KCenterGreedy:
                     torch.minimum(min_part, distance_part, out=min_part)
 
         if selected_idxs is None:
-            # anomalib: idx = torch.randint(high=n, size=(1,), device=features.device)
-            torch.randint(high=n, size=(1,), device=device, generator=device_generator, out=picks[:1])
+            picks[:1] = first
             n_done = 1
         else:
             picks[: len(selected_idxs)] = torch.tensor(selected_idxs, dtype=torch.int64)
@@ -487,7 +447,8 @@ def sample_coreset(
         embedding: Embedding of shape ``(n_samples, n_features)``.
         sampling_ratio: Fraction of rows to keep, in ``(0, 1]``.
         progress: Show a progress bar. Defaults to ``False``.
-        seed: Seed for private generators; ``None`` (default) uses the global torch and NumPy generators.
+        seed: Seed of the random draws (:func:`seeded_rng`); ``None`` (default) uses the global torch and NumPy
+            generators as they are.
 
     Returns:
         Tensor ``(int(n_samples * sampling_ratio), n_features)`` of rows of ``embedding``.
@@ -550,9 +511,10 @@ class PrunedKCenterGreedy:
     same greedy rule as :class:`KCenterGreedy`: start from a random point, then repeatedly add the point farthest
     from all centers chosen so far. Each point remembers its nearest center; a new center ``c`` can only come nearer
     to a point ``p`` of center ``a`` than ``a`` if ``d(a, c) < 2 d(p, a)``, so whole clusters and most points are
-    skipped without measuring (:mod:`.coreset_kernels`). On patch features about 1 % of the distances of the plain
-    loop are computed; the selection is the plain loop's (exact arithmetic; distances are summed in a fixed
-    vectorised order instead of torch's norm kernel, so an exact tie can break differently).
+    skipped without measuring (:mod:`.coreset_kernels`). On patch features only a small fraction of the distances of
+    the plain loop are computed (``measured`` counts them); the selection is the plain loop's (exact arithmetic;
+    distances are summed in a fixed vectorised order instead of torch's norm kernel, so an exact tie can break
+    differently).
 
     Several processes: each holds the rows of its own samples (``embedding``) and their positions in the global
     order (``global_index``); every greedy step calls ``exchange`` once with the local farthest point, which returns
@@ -562,7 +524,7 @@ class PrunedKCenterGreedy:
     Args:
         embedding: ``(n, D)`` float features of this process.
         sampling_ratio: Fraction of all rows (of every process) to select, in ``(0, 1]``.
-        seed: Seed of the projection and of the first center (private generators, as :class:`KCenterGreedy`);
+        seed: Seed of the projection and of the first center (:func:`seeded_rng`, as :class:`KCenterGreedy`);
             ``None`` draws from torch's and NumPy's global generators (single process only).
         progress: Show a progress bar.
         block_rows: Rows per projection product (see :func:`project_blocks`). Defaults to
@@ -622,14 +584,9 @@ class PrunedKCenterGreedy:
 
     def _draw(self) -> tuple[torch.Tensor, int]:
         """Draw the projection matrix and the first center's global index (the random calls of KCenterGreedy)."""
-        n_features = self.embedding.shape[1]
-        if self.seed is None:
-            cpu, numpy_rng = None, None
-        else:
-            cpu = torch.Generator(device="cpu").manual_seed(self.seed)
-            numpy_rng = np.random.RandomState(self.seed % 2**32)
-        matrix = sparse_random_projection_matrix(self.n_total, n_features, generator=cpu, numpy_rng=numpy_rng)
-        first = int(torch.randint(high=self.n_total, size=(1,), generator=cpu).item())
+        with seeded_rng(self.seed):
+            matrix = sparse_random_projection_matrix(self.n_total, self.embedding.shape[1])
+            first = int(torch.randint(high=self.n_total, size=(1,)).item())
         return matrix, first
 
     def _exchange(self, value: float, row: int, features: np.ndarray) -> tuple[int, np.ndarray]:

@@ -24,7 +24,9 @@ FPFH descriptors are computed is the export option ``fpfh`` (``to_onnx(fpfh=...)
 <anomalib_btm.models.btm.lightning_model.BTM.to_onnx>` and :meth:`BTM.to_openvino
 <anomalib_btm.models.btm.lightning_model.BTM.to_openvino>`; its outputs are anomalib's ``pred_score``,
 ``pred_label``, ``anomaly_map`` and ``pred_mask``, normalised and thresholded by the model's post-processor. An
-RGB-only model has anomalib's single input ``input`` either way.
+RGB-only model has anomalib's single input ``input`` either way. This module takes the parts it exports (the torch
+:class:`~anomalib_btm.models.btm.torch_model.BTMModel`, the pre- and post-processor), not the Lightning module, so
+that the Lightning module can depend on it and not the other way round.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from torch import nn
 
 from anomalib_btm.features.fpfh import FPFH_BACKENDS, FPFH_DIM, compute_fpfh
 from anomalib_btm.features.fpfh_torch import FPFHTorch, check_torch_options
+from anomalib_btm.files import atomic_write
 from anomalib_btm.models.btm.feature_branches import resize_xyz
 
 if TYPE_CHECKING:
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     from anomalib.data import AnomalibDataModule
     from openvino import Model
 
-    from .lightning_model import BTM
+    from .torch_model import BTMModel
 
 logger = logging.getLogger(__name__)
 
@@ -234,24 +237,37 @@ class BTMExportModule(nn.Module):
     """Traceable inference pipeline of a fitted BTM, for ONNX and OpenVINO export.
 
     Args:
-        btm (BTM): A fitted BTM Lightning module (its memory bank built, its modality resolved).
-        fpfh (str): ``"inferencer"`` (default: the second input is the FPFH map, see :class:`FPFHInput`) or
+        model (BTMModel): A fitted BTM torch model (its memory bank built, its modality resolved): ``BTM.model``.
+        pre_processor (nn.Module | None): The pre-processor traced in front of the model (``BTM.pre_processor``),
+            or ``None`` for images that come resized and normalised.
+        post_processor (nn.Module | None): The post-processor traced behind it (``BTM.post_processor``), or ``None``
+            for raw scores.
+        fpfh (str): ``"inferencer" (default: the second input is the FPFH map, see :class:`FPFHInput`) or
             ``"graph"`` (the second input is the cloud and the graph computes a pixel-window FPFH).
 
     Raises:
         ValueError: If the model is not fitted, or uses BTF's PIL blur (8-bit, not traceable), or ``fpfh`` is unknown.
 
     Example:
-        >>> module = BTMExportModule(fitted_btm)  # doctest: +SKIP
-        >>> predictions = module(image, module.fpfh_input(xyz, image.shape[-2:]))  # doctest: +SKIP
-        >>> predictions.pred_score.shape  # doctest: +SKIP
+        >>> from anomalib_btm import BTM
+        >>> btm = BTM(backbone="resnet18", pre_trained=False, modality="rgb+xyz")
+        >>> btm.model.memory_bank = torch.rand(16, 417)  # stands in for the bank that a fit builds
+        >>> module = BTMExportModule(btm.model, btm.pre_processor, btm.post_processor).eval()
+        >>> image, xyz = torch.rand(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)
+        >>> predictions = module(image, module.fpfh_input(xyz, image.shape[-2:]))
+        >>> predictions.pred_score.shape
         torch.Size([1])
     """
 
-    def __init__(self, btm: BTM, fpfh: str = "inferencer") -> None:
+    def __init__(
+        self,
+        model: BTMModel,
+        pre_processor: nn.Module | None = None,
+        post_processor: nn.Module | None = None,
+        fpfh: str = "inferencer",
+    ) -> None:
         super().__init__()
         _check_stage(fpfh)
-        model = btm.model
         modality = model.resolved_modality
         if modality is None or model.memory_bank.numel() == 0:
             msg = "Only a fitted BTM can be exported: train it first (anomalib train / Engine.fit) or pass --ckpt_path."
@@ -264,8 +280,8 @@ class BTMExportModule(nn.Module):
             raise ValueError(msg)
         self.modality = modality
         self.fpfh_stage = fpfh
-        self.pre_processor = btm.pre_processor if isinstance(btm.pre_processor, nn.Module) else None
-        self.post_processor = btm.post_processor if isinstance(btm.post_processor, nn.Module) else None
+        self.pre_processor = pre_processor
+        self.post_processor = post_processor
         self.rgb_branch = model.rgb_branch if "rgb" in modality else None
         self.xyz_branch = model.xyz_branch if "xyz" in modality else None
         self.fpfh: FPFHTorch | None = None
@@ -362,21 +378,26 @@ def _output_names(module: BTMExportModule) -> list[str]:
 
 
 def export_onnx(
-    btm: BTM,
+    model: BTMModel,
     export_root: Path | str,
     model_file_name: str = "model",
     input_size: tuple[int, int] | None = None,
     fpfh: str = "inferencer",
+    *,
+    pre_processor: nn.Module | None = None,
+    post_processor: nn.Module | None = None,
     **kwargs: Any,
 ) -> Path:
     """Export a fitted BTM to ONNX (``export_root/weights/onnx/<model_file_name>.onnx``) with the dynamo exporter.
 
     Args:
-        btm (BTM): Fitted model.
+        model (BTMModel): Fitted torch model.
         export_root (Path | str): Output folder.
         model_file_name (str): File name without suffix.
         input_size (tuple[int, int] | None): Fixed image ``(H, W)``, or ``None`` for dynamic height and width.
         fpfh (str): ``"inferencer"`` (default) or ``"graph"``: where the FPFH is computed (module docstring).
+        pre_processor (nn.Module | None): Pre-processor traced in front of the model.
+        post_processor (nn.Module | None): Post-processor traced behind it.
         **kwargs: Passed to ``torch.onnx.export``; ``input_names`` and ``dynamic_shapes`` are set here.
 
     Returns:
@@ -391,7 +412,7 @@ def export_onnx(
         if key in kwargs:
             msg = f"`{key}` is fixed by the BTM export (inputs {export_input_names('rgb+xyz', fpfh)}); do not pass it."
             raise ValueError(msg)
-    module = BTMExportModule(btm, fpfh=fpfh).eval().cpu()
+    module = BTMExportModule(model, pre_processor, post_processor, fpfh=fpfh).eval().cpu()
     output_names = _output_names(module)
     batch = torch.export.Dim("batch_size")
     image_axes: dict[int, Any] = {0: batch}
@@ -411,25 +432,19 @@ def export_onnx(
         dynamic_shapes += (cloud_axes,)
     export_root = create_export_root(export_root, ExportType.ONNX)
     onnx_path = export_root / f"{model_file_name}.onnx"
-    partial = onnx_path.with_suffix(".onnx.partial")
-    try:
-        program = torch.onnx.export(
-            module,
-            example,
-            input_names=module.input_names,
-            output_names=output_names,
-            opset_version=kwargs.pop("opset_version", 18),
-            dynamo=True,
-            dynamic_shapes=dynamic_shapes,
-            **kwargs,
-        )
-        if module.fpfh_input is not None:
-            program.model.metadata_props[METADATA_KEY] = module.fpfh_input.to_json()
-        program.save(str(partial), external_data=False)
-        partial.replace(onnx_path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return onnx_path
+    program = torch.onnx.export(
+        module,
+        example,
+        input_names=module.input_names,
+        output_names=output_names,
+        opset_version=kwargs.pop("opset_version", 18),
+        dynamo=True,
+        dynamic_shapes=dynamic_shapes,
+        **kwargs,
+    )
+    if module.fpfh_input is not None:
+        program.model.metadata_props[METADATA_KEY] = module.fpfh_input.to_json()
+    return atomic_write(onnx_path, lambda tmp: program.save(str(tmp), external_data=False))
 
 
 def _example_cloud(batch: int, height: int, width: int) -> torch.Tensor:
@@ -458,11 +473,13 @@ def read_fpfh_input(model: Model, source: str = "model") -> FPFHInput | None:
     return FPFHInput.from_json(model.get_rt_info(path).astype(str), source)
 
 
-def check_compression(btm: BTM, compression_type: CompressionType | str | None, datamodule: object | None) -> None:
+def check_compression(
+    modality: str | None, compression_type: CompressionType | str | None, datamodule: object | None
+) -> None:
     """Refuse, before anything is written, a compression the model's inputs do not allow.
 
     Args:
-        btm (BTM): The model to export.
+        modality (str | None): Resolved modality of the model to export (``"rgb"``, ``"xyz"``, ``"rgb+xyz"``).
         compression_type (CompressionType | str | None): Requested compression.
         datamodule (object | None): Calibration datamodule.
 
@@ -475,7 +492,7 @@ def check_compression(btm: BTM, compression_type: CompressionType | str | None, 
     if kind in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ} and datamodule is None:
         msg = f"compression_type={kind.value} calibrates on data: pass the datamodule (anomalib export --data ...)."
         raise ValueError(msg)
-    if kind == CompressionType.INT8_ACQ and btm.model.resolved_modality != "rgb":
+    if kind == CompressionType.INT8_ACQ and modality != "rgb":
         msg = (
             "compression_type=int8_acq validates through anomalib's single-input loop, which cannot feed the point "
             "cloud input (`fpfh` or `xyz`) of an RGB + 3D BTM. Use compression_type=int8_ptq (calibrates image and "
@@ -531,9 +548,9 @@ def quantize_ptq(model: Model, datamodule: AnomalibDataModule | None, modality: 
 
     if len(dataloader.dataset) < 300:
         logger.warning("INT8 calibration on %d samples (>300 recommended).", len(dataloader.dataset))
-    # The memory-bank distances stay float32: quantizing the embedding × bank MatMul moved normalised scores by ~0.1
-    # in a small run (resnet18, 64², 6 calibration samples); without it the INT8 IR's scores stayed within 1e-4 of
-    # the float IR's on the generated categories of benchmarks/int8.py, and the convolutions carry the speed-up.
+    # The memory-bank distances stay float32: quantizing the embedding × bank MatMul moved normalised scores by
+    # orders of magnitude more than quantizing the convolutions in a small run; without it the INT8 IR's scores
+    # follow the float IR's closely (benchmarks/int8.py measures it), and the convolutions carry the speed-up.
     ignored = nncf.IgnoredScope(types=["MatMul"], validate=False)
     dataset = nncf.Dataset(dataloader, inputs)
     quantized = nncf.quantize(model, dataset, subset_size=len(dataloader.dataset), ignored_scope=ignored)

@@ -483,7 +483,15 @@ class BTM(MemoryBankMixin, AnomalibModule):
         Returns:
             Path: The ``.onnx`` file.
         """
-        return export_onnx(self, export_root, model_file_name, input_size, **kwargs)
+        return export_onnx(
+            self.model,
+            export_root,
+            model_file_name,
+            input_size,
+            pre_processor=self.pre_processor,
+            post_processor=self.post_processor,
+            **kwargs,
+        )
 
     def to_openvino(
         self,
@@ -519,7 +527,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
         Returns:
             Path: The ``.xml`` file.
         """
-        check_compression(self, compression_type, datamodule)
+        check_compression(self.model.resolved_modality, compression_type, datamodule)
         return super().to_openvino(
             export_root,
             model_file_name,

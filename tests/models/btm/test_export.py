@@ -61,6 +61,11 @@ def _fitted_stub(
     return model.eval()
 
 
+def _export_module(btm: BTM, fpfh: str = "inferencer") -> BTMExportModule:
+    """The export module of a Lightning BTM: its torch model between its pre- and post-processor."""
+    return BTMExportModule(btm.model, btm.pre_processor, btm.post_processor, fpfh=fpfh)
+
+
 def test_export_input_names() -> None:
     assert export_input_names("rgb") == ["input"]
     assert export_input_names("rgb+xyz") == ["image", "fpfh"]
@@ -75,26 +80,26 @@ def test_unfitted_and_btf_models_are_refused_with_a_reason(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="Only a fitted BTM"):
         BTM(backbone="resnet18", pre_trained=False, modality="xyz").to_onnx(tmp_path)
     with pytest.raises(ValueError, match="preset='btf'"):
-        BTMExportModule(_fitted_stub("xyz", preset="btf"))
+        _export_module(_fitted_stub("xyz", preset="btf"))
     assert not list(tmp_path.rglob("*.onnx"))
 
 
 def test_open3d_models_graph_export_with_open3d_normal_signs_and_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING"):
-        module = BTMExportModule(_fitted_stub("xyz", fpfh_backend="open3d"), fpfh="graph")
+        module = _export_module(_fitted_stub("xyz", fpfh_backend="open3d"), fpfh="graph")
     assert module.fpfh is not None
     assert module.fpfh.normal_orientation == "open3d"
     assert "fpfh_backend='open3d'" in caplog.text
     # A torch-backend model exports the torch FPFH's own default orientation.
     default = inspect.signature(fpfh_torch).parameters["normal_orientation"].default
-    graph = BTMExportModule(_fitted_stub("xyz"), fpfh="graph").fpfh
+    graph = _export_module(_fitted_stub("xyz"), fpfh="graph").fpfh
     assert graph is not None
     assert graph.normal_orientation == default
 
 
 def test_the_graph_fpfh_uses_the_models_torch_options() -> None:
     options = {"window": 9, "normal_orientation": "open3d", "selection": "exact", "cpu_kernel": False}
-    fpfh = BTMExportModule(_fitted_stub("xyz", fpfh_options=options), fpfh="graph").fpfh
+    fpfh = _export_module(_fitted_stub("xyz", fpfh_options=options), fpfh="graph").fpfh
     assert fpfh is not None
     assert (fpfh.window, fpfh.normal_orientation, fpfh.selection) == (9, "open3d", "exact")
     assert fpfh.normal_window == 7  # unset options keep their defaults
@@ -105,17 +110,17 @@ def test_inferencer_export_describes_the_models_own_fpfh(caplog: pytest.LogCaptu
     model = _fitted_stub("rgb+xyz", fpfh_options=options)
     model.pre_processor = BTM.configure_pre_processor((48, 40))
     with caplog.at_level("WARNING"):
-        module = BTMExportModule(model)
+        module = _export_module(model)
     assert module.fpfh is None  # no FPFH in the graph, and no warning about an approximation
     assert not caplog.text
     assert module.fpfh_input == FPFHInput("torch", 0.05, options, (48, 40))
     assert FPFHInput.from_json(module.fpfh_input.to_json()) == module.fpfh_input
-    open3d = BTMExportModule(_fitted_stub("xyz", fpfh_backend="open3d")).fpfh_input
+    open3d = _export_module(_fitted_stub("xyz", fpfh_backend="open3d")).fpfh_input
     assert open3d is not None
     assert open3d.backend == "open3d"  # the inferencer computes Open3D's FPFH, as the model does
     no_resize = _fitted_stub("rgb+xyz")
     no_resize.pre_processor = None
-    assert BTMExportModule(no_resize).fpfh_input.working_size is None  # type: ignore[union-attr]
+    assert _export_module(no_resize).fpfh_input.working_size is None  # type: ignore[union-attr]
 
 
 def test_fpfh_metadata_errors_name_the_problem() -> None:
@@ -134,10 +139,10 @@ def test_an_aspect_keeping_resize_is_refused_for_the_inferencer_export() -> None
 
     model = _fitted_stub("rgb+xyz")
     model.pre_processor = PreProcessor(transform=Resize(32))  # shorter side to 32: the size depends on the input
-    module = BTMExportModule(model, fpfh="graph")  # the graph resizes the cloud to whatever comes out
+    module = _export_module(model, fpfh="graph")  # the graph resizes the cloud to whatever comes out
     assert module.fpfh is not None
     with pytest.raises(ValueError, match=r"depends on the input size.*fpfh='graph'"):
-        BTMExportModule(model)
+        _export_module(model)
 
 
 def test_compression_checks_run_before_anything_is_written(tmp_path: Path) -> None:
@@ -157,7 +162,7 @@ def test_eager_export_module_equals_the_lightning_forward() -> None:
     image = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(image)
-        actual = BTMExportModule(model).eval()(image)
+        actual = _export_module(model).eval()(image)
     torch.testing.assert_close(actual.pred_score, expected.pred_score)
     torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map)
 
@@ -170,7 +175,7 @@ def test_eager_inferencer_export_with_its_fpfh_input_equals_the_knn_model() -> N
     v, u = torch.meshgrid(torch.linspace(-0.03, 0.03, 30), torch.linspace(-0.03, 0.03, 36), indexing="ij")
     xyz = torch.stack([u, v, 0.5 + 0.1 * u + 0.02 * torch.sin(60 * v)])[None].repeat(2, 1, 1, 1)
     xyz[1, :, :5] = 0  # missing points
-    module = BTMExportModule(model).eval()
+    module = _export_module(model).eval()
     assert module.fpfh_input is not None
     fpfh = module.fpfh_input(xyz, (56, 48))
     assert fpfh.shape == (2, 33, 40, 40)
