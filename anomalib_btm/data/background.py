@@ -17,8 +17,7 @@ cloud keep their colour). Inputs are never modified: :func:`remove_background` r
 :func:`remove_background_cached` / the command line write new files.
 
 Cost: Open3D's DBSCAN gathers every point's eps-neighbourhood, so time and memory grow with the number of points times
-the points per neighbourhood. Measured on this project's synthetic scene (2 shared CPU cores): 224×224 px (15k points
-after plane removal) 0.6 s; 600×600 px (106k points, ~3,400 per neighbourhood) 36 s and 1.9 GB. Above
+the points per neighbourhood: large clouds with dense neighbourhoods cost minutes and gigabytes. Above
 ``dbscan_max_points`` remaining points (default 50,000), DBSCAN therefore runs on a regular grid subsample (every
 k-th row and column, k = ceil(sqrt(n / dbscan_max_points)), with ``min_points`` divided by k²), and a point of the full
 cloud is kept iff it lies within eps of a point of the subsample's largest cluster — DBSCAN's own rule for border

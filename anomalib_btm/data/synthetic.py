@@ -36,8 +36,8 @@ Shapes (``shape=``, :data:`SHAPES`), all height fields over the plane, with the 
 Defects land on the visible surface: the top of the bagel or ring (and, for the 45° and 60° rings, sometimes half-way up
 the outer wall), anywhere on the dome's upper part, and on the box's top face or across its lifted edge.
 
-Everything is vectorised with numpy (ray marching of the height field for all pixels at once); the default category
-(52 samples at 224 px) takes about 2 s of CPU time. Images are square (``image_size=224``) or ``(height, width)``
+Everything is vectorised with numpy (ray marching of the height field for all pixels at once), so generating a
+category takes seconds, not minutes. Images are square (``image_size=224``) or ``(height, width)``
 (``image_size=(240, 320)``); the shorter side always covers 0.11 m of the background plane. Every sample has its own
 random stream derived from ``(seed, split, label, index)`` (see :func:`sample_seed`), so a sample does not depend on
 how many others are generated, and a ``color`` sample has exactly the point cloud of the good sample with the same

@@ -147,8 +147,8 @@ def verify_sample_files(
     a data-loader worker with a message that names no file (``failed to read 1228800 bytes, got 712``). Every file is
     decoded the way anomalib reads it (tifffile, PIL) on a few threads; the first bad sample, in order, raises an
     error that names the file and the split. Also checks what :func:`check_sample_files` checks (an ``(H, W, 3)``
-    cloud, RGB and XYZ aspect ratios), the latter only with ``check_pairs``. Measured on 2 cores: about 1 s for a
-    250-sample category at 224 × 224 and a few seconds at MVTec 3D-AD's 800 × 800 (files in the page cache).
+    cloud, RGB and XYZ aspect ratios), the latter only with ``check_pairs``. It costs about as much as reading
+    every file once (``benchmarks/verify_files.py`` prints both).
 
     Args:
         image_paths (Sequence[str | Path]): RGB files.
