@@ -44,6 +44,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from anomalib_btm.checks import check_choice
 from anomalib_btm.models.btm.scoring import knn, squared_distances
 
 __all__ = [
@@ -527,9 +528,7 @@ def plot_reweighting(
     Raises:
         ValueError: On an unknown term.
     """
-    if term not in REWEIGHTING_TERMS:
-        msg = f"term must be one of {REWEIGHTING_TERMS}, got {term!r}."
-        raise ValueError(msg)
+    check_choice("term", term, REWEIGHTING_TERMS)
     points = grid.points
     panels = [
         (f"k = {k}", getattr(reweighting_terms(points, coreset.points, k, include_m_star, temperature), term))

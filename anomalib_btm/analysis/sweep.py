@@ -53,6 +53,7 @@ from anomalib.metrics import AUPRO, AUROC
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
+from anomalib_btm.checks import check_choice
 from anomalib_btm.cli import ArgumentParser, run, signature_defaults
 from anomalib_btm.features.fpfh import FPFH_BACKENDS
 from anomalib_btm.models.btm.lightning_model import BTM
@@ -140,9 +141,7 @@ class KSweep:
         Raises:
             ValueError: On an unknown metric.
         """
-        if metric not in self.columns:
-            msg = f"metric must be one of {tuple(self.columns)}, got {metric!r}."
-            raise ValueError(msg)
+        check_choice("metric", metric, self.columns)
         values = [(v, -k) for k, v in zip(self.ks, getattr(self, metric), strict=True) if not math.isnan(v)]
         return -max(values)[1] if values else None
 
@@ -291,9 +290,7 @@ def sweep_k(
         msg = f"k_max must be an integer in [1, {bank.shape[0]}] (the memory-bank size), got {k_max!r}."
         raise ValueError(msg)
     pixel_metric = pixel_metric or module.scorer.pixel_metric
-    if pixel_metric not in PIXEL_METRICS:
-        msg = f"pixel_metric must be one of {PIXEL_METRICS}, got {pixel_metric!r}."
-        raise ValueError(msg)
+    check_choice("pixel_metric", pixel_metric, PIXEL_METRICS)
     chunk_size = module.scorer.chunk_size
     ks = list(range(1, k_max + 1))
     reweighters = {k: DualKScorer(image_score="reweighted", n_reweight=k, chunk_size=chunk_size) for k in ks[1:]}

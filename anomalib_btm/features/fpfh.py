@@ -22,12 +22,22 @@ points. Two backends:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["FPFH_BACKENDS", "FPFH_DIM", "compute_fpfh", "compute_fpfh_open3d", "valid_point_mask"]
+from anomalib_btm.checks import check_choice
+
+__all__ = [
+    "FPFH_BACKENDS",
+    "FPFH_DIM",
+    "check_fpfh_arguments",
+    "compute_fpfh",
+    "compute_fpfh_open3d",
+    "valid_point_mask",
+]
 
 FPFH_DIM = 33
 """Length of an FPFH descriptor: three 11-bin histograms."""
@@ -105,6 +115,33 @@ def _check_xyz(xyz: torch.Tensor) -> None:
         raise ValueError(msg)
 
 
+def check_fpfh_arguments(backend: str, voxel_size: float, options: Mapping[str, Any], prefix: str = "") -> None:
+    """Check an FPFH backend, voxel size and torch-backend options together (the model checks them when built).
+
+    Args:
+        backend (str): One of :data:`FPFH_BACKENDS`.
+        voxel_size (float): Scale of the search radii in metres; must be positive.
+        options (Mapping[str, Any]): Options of the torch backend (see
+            :func:`anomalib_btm.features.fpfh_torch.check_torch_options`); only ``backend="torch"`` takes any.
+        prefix (str): Prefix of the argument names in messages (``"fpfh_"`` for ``fpfh_backend`` /
+            ``fpfh_options``).
+
+    Raises:
+        ValueError: Naming the argument, on an unknown backend, a voxel size that is not positive, options for the
+            Open3D backend, or an unknown or invalid torch option.
+    """
+    from anomalib_btm.features.fpfh_torch import check_torch_options
+
+    check_choice(f"{prefix}backend", backend, FPFH_BACKENDS)
+    if not voxel_size > 0:
+        msg = f"voxel_size must be positive (metres), got {voxel_size}."
+        raise ValueError(msg)
+    if options and backend != "torch":
+        msg = f"{prefix}options {sorted(options)} apply to {prefix}backend='torch' only, got {backend!r}."
+        raise ValueError(msg)
+    check_torch_options(dict(options))
+
+
 def compute_fpfh_open3d(xyz: torch.Tensor, voxel_size: float = 0.05) -> torch.Tensor:
     """FPFH of organized clouds with Open3D, exactly as BTF computes it.
 
@@ -177,17 +214,9 @@ def compute_fpfh(
         >>> compute_fpfh(xyz).shape
         torch.Size([2, 33, 64, 64])
     """
-    if backend not in FPFH_BACKENDS:
-        msg = f"Unknown FPFH backend {backend!r}; choose one of {', '.join(repr(b) for b in FPFH_BACKENDS)}."
-        raise ValueError(msg)
+    check_fpfh_arguments(backend, voxel_size, torch_options)
     _check_xyz(xyz)
-    if voxel_size <= 0:
-        msg = f"`voxel_size` must be positive, got {voxel_size}."
-        raise ValueError(msg)
     if backend == "open3d":
-        if torch_options:
-            msg = f"Options {sorted(torch_options)} only apply to backend='torch'."
-            raise ValueError(msg)
         return compute_fpfh_open3d(xyz, voxel_size=voxel_size)
     from anomalib_btm.features.fpfh_torch import fpfh_torch
 

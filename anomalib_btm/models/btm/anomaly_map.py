@@ -17,6 +17,8 @@ from PIL import Image, ImageFilter
 from torch import nn
 from torch.nn import functional as F
 
+from anomalib_btm.checks import check_choice
+
 BLUR_MODES: tuple[str, ...] = ("gaussian", "pil")
 
 
@@ -59,9 +61,7 @@ class AnomalyMapGenerator(nn.Module):
 
     def __init__(self, blur_kernel_size: int = 15, blur_sigma: float = 4.0, blur_mode: str = "gaussian") -> None:
         super().__init__()
-        if blur_mode not in BLUR_MODES:
-            msg = f"blur_mode must be one of {BLUR_MODES}, got {blur_mode!r}."
-            raise ValueError(msg)
+        check_choice("blur_mode", blur_mode, BLUR_MODES)
         self.blur_mode = blur_mode
         self.blur_sigma = blur_sigma
         if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:

@@ -47,6 +47,8 @@ import torch
 from anomalib.models.components.dimensionality_reduction import SparseRandomProjection
 from tqdm import tqdm
 
+from anomalib_btm.checks import check_choice
+
 from .coreset_kernels import _add_center, _center_distances, _farthest, _first_center
 
 __all__ = [
@@ -477,9 +479,7 @@ def check_coreset_method(method: str) -> None:
     Raises:
         ValueError: If ``method`` is not one of :data:`CORESET_METHODS`.
     """
-    if method not in CORESET_METHODS:
-        msg = f"coreset_method must be one of {CORESET_METHODS}, got {method!r}."
-        raise ValueError(msg)
+    check_choice("coreset_method", method, CORESET_METHODS)
 
 
 def project_blocks(embedding: torch.Tensor, projection: torch.Tensor, block_rows: int) -> np.ndarray:

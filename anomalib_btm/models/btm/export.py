@@ -44,6 +44,7 @@ from anomalib.deploy.export import CompressionType, ExportType
 from anomalib.models.components.base.export_mixin.utils import create_export_root, get_onnx_dynamo_flag
 from torch import nn
 
+from anomalib_btm.checks import check_choice
 from anomalib_btm.features.fpfh import FPFH_BACKENDS, FPFH_DIM, compute_fpfh
 from anomalib_btm.features.fpfh_torch import FPFHTorch, check_torch_options
 from anomalib_btm.files import atomic_write
@@ -93,9 +94,7 @@ _RUN_OPTIONS = frozenset({"compile", "batch_chunk", "cpu_kernel"})
 
 
 def _check_stage(fpfh: str) -> None:
-    if fpfh not in FPFH_STAGES:
-        msg = f"Export option `fpfh` must be one of {FPFH_STAGES}, got {fpfh!r}."
-        raise ValueError(msg)
+    check_choice("Export option `fpfh`", fpfh, FPFH_STAGES)
 
 
 def export_input_names(modality: str, fpfh: str = "inferencer") -> list[str]:

@@ -28,8 +28,7 @@ from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 from torch.nn import functional as F
 
-from anomalib_btm.features.fpfh import FPFH_BACKENDS, FPFH_DIM, compute_fpfh
-from anomalib_btm.features.fpfh_torch import check_torch_options
+from anomalib_btm.features.fpfh import FPFH_DIM, check_fpfh_arguments, compute_fpfh
 from anomalib_btm.tracing import capturing_graph
 from anomalib_btm.weights import PretrainedWeightsError, download_error, missing_file_error, report_in_anomalib_cli
 
@@ -353,17 +352,8 @@ class XYZBranch(nn.Module):
         fpfh_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if fpfh_backend not in FPFH_BACKENDS:
-            msg = f"fpfh_backend must be one of {FPFH_BACKENDS}, got {fpfh_backend!r}."
-            raise ValueError(msg)
         fpfh_options = dict(fpfh_options or {})
-        if fpfh_options and fpfh_backend != "torch":
-            msg = f"fpfh_options {sorted(fpfh_options)} apply to fpfh_backend='torch' only, got {fpfh_backend!r}."
-            raise ValueError(msg)
-        check_torch_options(fpfh_options)
-        if voxel_size <= 0:
-            msg = f"voxel_size must be positive (metres), got {voxel_size}."
-            raise ValueError(msg)
+        check_fpfh_arguments(fpfh_backend, voxel_size, fpfh_options, prefix="fpfh_")
         self.fpfh_backend = fpfh_backend
         self.voxel_size = voxel_size
         self.fpfh_options = fpfh_options

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from anomalib_btm.checks import check_choice
+
 from .coreset import KCenterGreedy, PrunedKCenterGreedy, check_coreset_method
 
 logger = logging.getLogger(__name__)
@@ -45,9 +47,7 @@ class EmbeddingStore:
     """
 
     def __init__(self, dtype: str = "float32") -> None:
-        if dtype not in STORE_DTYPES:
-            msg = f"embedding store dtype must be one of {tuple(STORE_DTYPES)}, got {dtype!r}."
-            raise ValueError(msg)
+        check_choice("embedding store dtype", dtype, STORE_DTYPES)
         self.dtype = STORE_DTYPES[dtype]
         self._buffer: torch.Tensor | None = None
         self._rows = 0

@@ -29,6 +29,7 @@ import torch
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
+from anomalib_btm.checks import check_choice
 from anomalib_btm.tracing import capturing_graph
 
 PixelMetric = Literal["squared_mean", "mean"]
@@ -185,12 +186,8 @@ class DualKScorer(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 msg = f"{name} must be a positive integer, got {value!r}."
                 raise ValueError(msg)
-        if pixel_metric not in PIXEL_METRICS:
-            msg = f"pixel_metric must be one of {PIXEL_METRICS}, got {pixel_metric!r}."
-            raise ValueError(msg)
-        if image_score not in IMAGE_SCORES:
-            msg = f"image_score must be one of {IMAGE_SCORES}, got {image_score!r}."
-            raise ValueError(msg)
+        check_choice("pixel_metric", pixel_metric, PIXEL_METRICS)
+        check_choice("image_score", image_score, IMAGE_SCORES)
         if image_score == "reweighted" and n_reweight < 2:
             msg = f"n_reweight must be at least 2 (m* and one more neighbour), got {n_reweight}."
             raise ValueError(msg)

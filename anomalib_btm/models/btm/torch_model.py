@@ -23,6 +23,8 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import DynamicBufferMixin
 from torch import nn
 
+from anomalib_btm.checks import check_choice
+
 from .anomaly_map import AnomalyMapGenerator
 from .distributed import distributed_memory_bank
 from .feature_branches import RGBBranch, XYZBranch, check_feature_upsampling
@@ -55,9 +57,7 @@ def _resolve_preset(preset: str, **settings: object) -> dict[str, object]:
     Raises:
         ValueError: On an unknown preset, or on settings that contradict ``preset="btf"``.
     """
-    if preset not in PRESETS:
-        msg = f"preset must be one of {PRESETS}, got {preset!r}."
-        raise ValueError(msg)
+    check_choice("preset", preset, PRESETS)
     if preset == "btm":
         return settings
     conflicts = [
@@ -168,9 +168,7 @@ class BTMModel(DynamicBufferMixin, nn.Module):
         defer_weights: bool = False,
     ) -> None:
         super().__init__()
-        if modality not in MODALITIES:
-            msg = f"modality must be one of {MODALITIES}, got {modality!r}."
-            raise ValueError(msg)
+        check_choice("modality", modality, MODALITIES)
         check_feature_upsampling(feature_upsampling)
         scoring = _resolve_preset(preset, image_score=image_score, k_pixel=k_pixel, pixel_metric=pixel_metric)
         btf = preset == "btf"
