@@ -10,7 +10,9 @@ Importing :mod:`anomalib_btm.models` registers :class:`BTM` with anomalib, so th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from anomalib_btm.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 __all__ = ["BTM", "BTMModel", "__version__"]
@@ -18,22 +20,5 @@ __all__ = ["BTM", "BTMModel", "__version__"]
 if TYPE_CHECKING:
     from .models import BTM, BTMModel
 
-
-def __getattr__(name: str) -> Any:
-    """Import the model lazily, so that ``python -m anomalib_btm.data.synthetic`` does not load anomalib.
-
-    Args:
-        name (str): Attribute name.
-
-    Returns:
-        Any: The attribute.
-
-    Raises:
-        AttributeError: For unknown names.
-    """
-    if name in {"BTM", "BTMModel"}:
-        from . import models
-
-        return getattr(models, name)
-    msg = f"module 'anomalib_btm' has no attribute {name!r}"
-    raise AttributeError(msg)
+# Lazy, so that ``python -m anomalib_btm.data.synthetic`` does not load anomalib.
+__getattr__ = lazy_attributes(__name__, {"BTM": "anomalib_btm.models", "BTMModel": "anomalib_btm.models"})

@@ -8,8 +8,9 @@ The names are loaded lazily, so that ``python -m anomalib_btm.data.<module>`` do
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from anomalib_btm.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from anomalib_btm.data.background import (
@@ -76,19 +77,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name from its module on first use.
-
-    Args:
-        name (str): Attribute name.
-
-    Returns:
-        Any: The attribute.
-
-    Raises:
-        AttributeError: For unknown names.
-    """
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _WHERE)
