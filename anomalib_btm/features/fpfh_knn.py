@@ -18,10 +18,10 @@ real one:
   grid: they affect speed only, never the result.
 * :func:`fpfh_knn_numba`: normals (Open3D's ``EstimateNormals`` neighbourhood: the ``normal_max_nn`` nearest within
   ``2 * voxel_size``, selected among the FPFH neighbours in the same pass), SPFH and the ``1/d²``-weighted FPFH sum
-  over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads, with the pair-feature
-  arithmetic, eigen solver and histogram bins of :mod:`anomalib_btm.features.fpfh_numba` (``atan2`` with one
-  division instead of two). About 112 ms of CPU time per 224² cloud (~49k points), split over the threads in small
-  chunks (``benchmarks/fpfh.py`` times it against Open3D).
+  over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads in small chunks, with the
+  pair-feature arithmetic, eigen solver and histogram bins of :mod:`anomalib_btm.features.fpfh_numba` (``atan2``
+  with one division instead of two); the weighted sum keeps its 33 channels in vector registers while it gathers the
+  neighbours' SPFH rows (:func:`_weighted_rows`). ``benchmarks/fpfh.py`` times it against Open3D.
 * :func:`fpfh_knn_torch`: the same definition in torch with a chunked brute-force search (``cdist`` + ``topk``),
   for CUDA tensors, float64 input and as an independent reference in the tests. Its shapes depend on the number of
   valid points, so it does not export: exported graphs use the pixel window (see ``fpfh_torch``).
@@ -35,7 +35,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from anomalib_btm.features.fpfh_numba import (
     _ANGLE_SCALE,
@@ -79,6 +81,12 @@ _SELECT_SMALL = 1
 compaction); a quickselect remains for ties and passes that run out."""
 _CHUNKS_PER_THREAD = 16
 """Row chunks per thread of each phase, taken in turn by the threads that are free (see :func:`_run_chunks`)."""
+_LANES = 8
+"""Float32 lanes of the vectors that :func:`_weighted_rows` sums (AVX2; LLVM splits them on narrower targets)."""
+_TABLE_WIDTH = 5 * _LANES
+"""Columns of the SPFH table: the 33 bins padded to whole vectors (the padding is zero and never read back)."""
+_OUT_BLOCK = 256
+"""Points whose FPFH are staged point by point before they are written to the output planes channel by channel."""
 
 
 def _run_chunks(kernel: Callable[..., None], rows: int, *args: object) -> None:
@@ -777,7 +785,7 @@ def _spfh_rows(
     counts: np.ndarray,
     spfh: np.ndarray,
 ) -> None:
-    """SPFH (Open3D's ``ComputeSPFHFeature``) of the points ``first:last`` into ``spfh`` ``(N, 33)``.
+    """SPFH (Open3D's ``ComputeSPFHFeature``) of the points ``first:last`` into ``spfh`` ``(N, 40)`` (zero padded).
 
     ``points_normals`` ``(N, 8)`` holds each point and its normal in one row (one cache line per neighbour).
     """
@@ -851,6 +859,86 @@ def _spfh_rows(
         for group in range(3):
             for b in range(_NUM_BINS):
                 spfh[q, group * _NUM_BINS + b] = _F32(histogram[group, b]) * scale
+        for b in range(3 * _NUM_BINS, _TABLE_WIDTH):
+            spfh[q, b] = _ZERO
+
+
+@intrinsic
+def _weighted_rows(
+    typingctx: object,
+    table: types.Array,
+    index: types.Array,
+    weight: types.Array,
+    count: types.Integer,
+    total: types.Array,
+) -> tuple[object, Callable[..., object]]:
+    """``total[:40] = Σ weight[j] * table[index[j], :40]`` over ``j < count``, in vector registers.
+
+    The 40 sums (:data:`_TABLE_WIDTH`) stay in five 8-lane registers while the rows are gathered, two rows per
+    iteration into two sets of sums (added at the end). Written as LLVM IR because Numba's loops cannot express it:
+    LLVM vectorises a loop over the channels, which loads and stores the sums once per row (or per few rows, behind
+    run-time checks that the rows do not overlap the sums, since Numba's arrays carry no ``noalias``).
+
+    ``table`` ``(N, >= 40)`` float32 (C order), ``index`` and ``weight`` 1-D C-ordered with valid entries up to
+    ``count`` rounded up to even (pad with a zero weight and any valid row), ``total`` at least 40 float32.
+    """
+    signature = types.void(table, index, weight, count, total)
+
+    def codegen(context: object, builder: ir.IRBuilder, sig: object, args: tuple[object, ...]) -> object:
+        table_value, index_value, weight_value, count_value, total_value = args
+        rows = context.make_array(sig.args[0])(context, builder, table_value)
+        indices = context.make_array(sig.args[1])(context, builder, index_value)
+        weights = context.make_array(sig.args[2])(context, builder, weight_value)
+        sums = context.make_array(sig.args[4])(context, builder, total_value)
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        vector = ir.VectorType(f32, _LANES)
+        vectors = _TABLE_WIDTH // _LANES
+        stride = builder.extract_value(rows.strides, 0)
+        base = builder.bitcast(rows.data, ir.IntType(8).as_pointer())
+        count64 = builder.sext(count_value, i64) if count_value.type.width < 64 else count_value
+        zero = ir.Constant(vector, [0.0] * _LANES)
+        entry = builder.block
+        loop = builder.append_basic_block("weighted_rows.loop")
+        done = builder.append_basic_block("weighted_rows.done")
+        builder.cbranch(builder.icmp_signed(">", count64, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        j = builder.phi(i64)
+        j.add_incoming(ir.Constant(i64, 0), entry)
+        sums_in = [builder.phi(vector) for _ in range(2 * vectors)]
+        sums_out = []
+        for u in range(2):
+            ju = builder.add(j, ir.Constant(i64, u))
+            row = builder.load(builder.gep(indices.data, [ju]))
+            row = builder.zext(row, i64) if row.type.width < 64 else row
+            w = builder.insert_element(ir.Constant(vector, ir.Undefined), builder.load(builder.gep(weights.data, [ju])),
+                                       ir.Constant(i32, 0))  # fmt: skip
+            w = builder.shuffle_vector(w, ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(i32, _LANES),
+                                                                                         [0] * _LANES))  # fmt: skip
+            start = builder.bitcast(builder.gep(base, [builder.mul(row, stride)]), f32.as_pointer())
+            for c in range(vectors):
+                pointer = builder.bitcast(builder.gep(start, [ir.Constant(i64, c * _LANES)]), vector.as_pointer())
+                product = builder.fmul(builder.load(pointer, align=4), w, flags=("contract",))
+                sums_out.append(builder.fadd(sums_in[u * vectors + c], product, flags=("contract",)))
+        j_next = builder.add(j, ir.Constant(i64, 2))
+        j.add_incoming(j_next, loop)
+        for phi, value in zip(sums_in, sums_out, strict=True):
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, count64), loop, done)
+        builder.position_at_end(done)
+        final = []
+        for value in sums_out:
+            phi = builder.phi(vector)
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop)
+            final.append(phi)
+        target = builder.bitcast(sums.data, f32.as_pointer())
+        for c in range(vectors):
+            pointer = builder.bitcast(builder.gep(target, [ir.Constant(i64, c * _LANES)]), vector.as_pointer())
+            builder.store(builder.fadd(final[c], final[vectors + c]), pointer, align=4)
+        return context.get_dummy_value()
+
+    return signature, codegen
 
 
 @njit(**_JIT)
@@ -866,46 +954,44 @@ def _fpfh_rows(
 ) -> None:
     """FPFH (Open3D's ``ComputeFPFHFeature``): own SPFH plus the ``1/d²``-weighted neighbour SPFHs per group.
 
-    Point ``q`` is written to pixel ``pixel[q]`` of the output planes ``out`` ``(33, H * W)``.
-
-    The weighted rows are summed eight neighbours at a time (one pass over the channels per eight rows: measured
-    27 -> 24 ms per cloud, one thread, for four, -> 21.5 ms for eight); the list is padded with zero weights.
+    ``spfh`` is the padded table ``(N, 40)`` of :func:`_spfh_rows`; :func:`_weighted_rows` sums the weighted rows.
+    Point ``q`` is written to pixel ``pixel[q]`` of the output planes ``out`` ``(33, H * W)``: staged point by point
+    for :data:`_OUT_BLOCK` points, then written plane by plane, since the planes of a 224² image lie a multiple of
+    4 KiB apart and the 33 values of one point would all compete for the same few L1 cache sets.
     """
-    channels = spfh.shape[1]
+    channels = 3 * _NUM_BINS
     width = neighbours.shape[1]
-    total = np.empty(channels, np.float32)
-    weight = np.empty(width + 7, np.float32)
-    index = np.empty(width + 7, np.uint64)  # unsigned: no negative-index wraparound
-    for q in range(first, last):
-        row, row_squared = neighbours[q], distances[q]
-        count = counts[q]
-        m = 0
-        for j in range(count):
-            s = row[j]
-            d = row_squared[j]
-            m += 0 if s == q else 1
-            weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself, coincident points: none
-            index[j] = s
-        for j in range(count, count + 7):
-            weight[j] = _ZERO
-            index[j] = np.uint64(q)
-        total[:] = _ZERO
-        for j in range(0, count, 8):
-            w0, w1, w2, w3 = weight[j], weight[j + 1], weight[j + 2], weight[j + 3]
-            w4, w5, w6, w7 = weight[j + 4], weight[j + 5], weight[j + 6], weight[j + 7]
-            r0, r1, r2, r3 = spfh[index[j]], spfh[index[j + 1]], spfh[index[j + 2]], spfh[index[j + 3]]
-            r4, r5, r6, r7 = spfh[index[j + 4]], spfh[index[j + 5]], spfh[index[j + 6]], spfh[index[j + 7]]
-            for b in range(channels):
-                total[b] += ((r0[b] * w0 + r1[b] * w1) + (r2[b] * w2 + r3[b] * w3)) + (
-                    (r4[b] * w4 + r5[b] * w5) + (r6[b] * w6 + r7[b] * w7)
-                )
-        for group in range(3):
-            group_sum = _ZERO
-            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
-                group_sum += total[b]
-            scale = _safe_div(_HUNDRED, group_sum)
-            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
-                out[b, pixel[q]] = total[b] * scale + spfh[q, b] if m > 0 else _ZERO
+    total = np.empty(_TABLE_WIDTH, np.float32)
+    weight = np.empty(width + 1, np.float32)
+    index = np.empty(width + 1, np.uint32)  # unsigned: no negative-index wraparound
+    staged = np.empty((_OUT_BLOCK, channels), np.float32)
+    for block in range(first, last, _OUT_BLOCK):
+        stop = min(block + _OUT_BLOCK, last)
+        for q in range(block, stop):
+            row, row_squared = neighbours[q], distances[q]
+            count = counts[q]
+            m = 0
+            for j in range(count):
+                s = row[j]
+                d = row_squared[j]
+                m += 0 if s == q else 1
+                weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself, coincident points: none
+                index[j] = s
+            weight[count] = _ZERO  # the pair padding of _weighted_rows
+            index[count] = q
+            _weighted_rows(spfh, index, weight, count, total)
+            own = staged[q - block]
+            for group in range(3):
+                group_sum = _ZERO
+                for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+                    group_sum += total[b]
+                scale = _safe_div(_HUNDRED, group_sum)
+                for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+                    own[b] = total[b] * scale + spfh[q, b] if m > 0 else _ZERO
+        for b in range(channels):
+            plane = out[b]
+            for q in range(block, stop):
+                plane[pixel[q]] = staged[q - block, b]
 
 
 def fpfh_knn_numba(
@@ -943,7 +1029,7 @@ def fpfh_knn_numba(
         neighbours, distances, counts, points_normals = _search(points, bounds, spacing, max_nn, 5.0 * voxel_size,
                                                                 normal_max_nn, 2.0 * voxel_size,
                                                                 normal_orientation == "camera", reuse=True)  # fmt: skip
-        spfh = _reused((n, 3 * _NUM_BINS), np.float32, "spfh")
+        spfh = _reused((n, _TABLE_WIDTH), np.float32, "spfh")
         _run_chunks(_spfh_rows, n, points_normals, neighbours, counts, spfh)
         _run_chunks(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
     return torch.from_numpy(out.reshape(batch, 3 * _NUM_BINS, height, width))

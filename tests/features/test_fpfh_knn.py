@@ -245,3 +245,26 @@ def test_knn_fpfh_does_not_depend_on_the_threads() -> None:
     assert (results[0] != 0).any()
     assert torch.equal(results[0], results[1])
     assert torch.equal(results[0], results[2])
+
+
+def test_weighted_rows_sum_equals_numpy() -> None:
+    # The FPFH sum in vector registers (LLVM IR): rows gathered by index, two per step (odd counts padded by the
+    # caller with a zero weight), the 40 sums of the padded SPFH table.
+    from numba import njit
+
+    from anomalib_btm.features.fpfh_knn import _TABLE_WIDTH, _weighted_rows
+
+    @njit(cache=False)
+    def weighted(table: np.ndarray, index: np.ndarray, weight: np.ndarray, count: int) -> np.ndarray:
+        total = np.full(_TABLE_WIDTH, np.float32(7.0))
+        _weighted_rows(table, index, weight, count, total)
+        return total
+
+    rng = np.random.default_rng(3)
+    table = rng.random((50, _TABLE_WIDTH)).astype(np.float32)
+    for count in (0, 1, 2, 7, 100):
+        index = rng.integers(0, 50, count + 1).astype(np.uint32)
+        weight = rng.random(count + 1).astype(np.float32)
+        weight[count] = 0.0  # the pair padding
+        expected = (table[index[:count]].astype(np.float64) * weight[:count, None]).sum(axis=0)
+        np.testing.assert_allclose(weighted(table, index, weight, count), expected, rtol=1e-5, atol=1e-6)
