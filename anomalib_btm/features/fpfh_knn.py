@@ -79,8 +79,6 @@ _SELECT_SMALL = 1
 """A bracket of at most this many values is selected exactly. At 1 the passes aim at a threshold that holds exactly
 ``k`` values, which is all that the neighbour lists and the normal's covariance need (no selection, a cheaper
 compaction); a quickselect remains for ties and passes that run out."""
-_EXACT_COUNT = 1 << 24
-"""Values counted per float32 sum of ones (every integer up to it is a float32)."""
 _CHUNKS_PER_THREAD = 16
 """Row chunks per thread of each phase, taken in turn by the threads that are free (see :func:`_run_chunks`)."""
 _LANES = 8
@@ -187,31 +185,12 @@ def _kth_smallest(values: np.ndarray, count: int, k: int) -> float:
 
 
 @njit(**_JIT)
-def _float32_at_most(value: float) -> np.float32:
-    """The largest float32 at most ``value``: a float32 is at most it exactly when it is at most ``value``.
-
-    The selection compares float32 distances with thresholds that it interpolates in float64; compared as float32,
-    eight of them fit a vector instead of four (and need no conversion), with the same outcome.
-    """
-    rounded = _F32(value)
-    return rounded if rounded <= value else np.nextafter(rounded, _F32(-np.inf))
-
-
-@njit(**_JIT_SUMS)
-def _count_at_most(values: np.ndarray, m: int, threshold: np.float32) -> int:
-    """How many of ``values[:m]`` are at most the float32 ``threshold`` (vectorised).
-
-    Counted in float32 (reassociated sums of ones: eight lanes per vector where int64 counts take four), exact in
-    chunks of :data:`_EXACT_COUNT`.
-    """
-    total = 0
-    for first in range(0, m, _EXACT_COUNT):
-        chunk = values[first : min(first + _EXACT_COUNT, m)]
-        count = _ZERO
-        for i in range(chunk.shape[0]):
-            count += _ONE if chunk[i] <= threshold else _ZERO
-        total += int(count)
-    return total
+def _count_at_most(values: np.ndarray, m: int, threshold: float) -> int:
+    """How many of ``values[:m]`` are at most ``threshold`` (vectorised)."""
+    count = 0
+    for i in range(m):
+        count += 1 if values[i] <= threshold else 0
+    return count
 
 
 @njit(**_JIT)
@@ -230,16 +209,12 @@ def _bracket(
         ``low``, the count at most ``low``, ``high``, the count at most ``high`` and ``take``.
     """
     take = k  # until the count at the limit is known
-    limit32 = _float32_at_most(limit)  # the same values are at most either (float32 thresholds, see there)
-    limit = float(limit32)
     low, count_low = -1.0, 0
     high, count_high = limit, -1
     threshold = guess if 0.0 < guess < limit else limit
     aim = k + 0.5
     for _ in range(_SELECT_PASSES):
-        threshold32 = _float32_at_most(threshold)
-        threshold = float(threshold32)
-        count = _count_at_most(values, m, threshold32)
+        count = _count_at_most(values, m, threshold)
         if threshold >= limit:
             take = min(k, count)
             aim = take + 0.5
@@ -256,7 +231,7 @@ def _bracket(
         if not (low < threshold < high or threshold == limit == high):
             threshold = 0.5 * (max(low, 0.0) + high)
     if count_high < 0:  # the passes stopped below the k-th value: the count at the limit sets take
-        count_high = _count_at_most(values, m, limit32)
+        count_high = _count_at_most(values, m, limit)
         take = min(k, count_high)
     return low, count_low, high, count_high, take
 
@@ -279,12 +254,11 @@ def _kth_distance(
         return 0.0, 0
     if count_high == take:
         return high, take
-    low32, high32 = _F32(low), _F32(high)  # exact: the bracket's ends are float32 values
     size = 0
     for i in range(m):  # branch-free compaction
         value = values[i]
         scratch[size] = value
-        size += 1 if low32 < value <= high32 else 0
+        size += 1 if low < value <= high else 0
     return _kth_smallest(scratch, size, take - count_low), take
 
 
@@ -305,18 +279,17 @@ def _nearest(
     low, count_low, high, _, take = _bracket(values, m, k, limit, guess, _SELECT_SMALL)
     if take == 0:
         return 0.0, 0
-    low32, high32 = _F32(low), _F32(high)  # exact: the bracket's ends are float32 values
     written = 0
     for i in range(m):  # branch-free compaction
         found[written] = i
-        written += 1 if values[i] <= high32 else 0
+        written += 1 if values[i] <= high else 0
     if written == take:
         return high, take
     size = 0
     for j in range(written):
         value = values[found[j]]
         scratch[size] = value
-        size += 1 if value > low32 else 0
+        size += 1 if value > low else 0
     kth = _kth_smallest(scratch, size, take - count_low)
     ties = take
     for j in range(written):
@@ -333,7 +306,7 @@ def _nearest(
 
 
 @njit(**_JIT)
-def _count_below(values: np.ndarray, m: int, threshold: np.float32) -> int:
+def _count_below(values: np.ndarray, m: int, threshold: float) -> int:
     """How many of ``values[:m]`` are below ``threshold`` (vectorised)."""
     count = 0
     for i in range(m):
@@ -558,11 +531,10 @@ def _neighbours_and_normal(
     counts[q] = take
     normal_kth, normal_take = _kth_distance(row_squared, take, normal_k, normal_radius2, previous_normal_kth,
                                             scratch)  # fmt: skip
-    threshold = _F32(normal_kth)  # exact: a float32 value (float32 compares in the sums)
-    moments = _moments(candidates, squared, m, qx, qy, qz, threshold, m + 1)
+    moments = _moments(candidates, squared, m, qx, qy, qz, normal_kth, m + 1)
     if moments[0] > _F32(normal_take):
-        ties = normal_take - _count_below(squared, m, threshold)
-        moments = _moments(candidates, squared, m, qx, qy, qz, threshold, ties)
+        ties = normal_take - _count_below(squared, m, normal_kth)
+        moments = _moments(candidates, squared, m, qx, qy, qz, normal_kth, ties)
     s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = moments
     if s0 >= _F32(3.0):
         inv = _ONE / s0
@@ -593,7 +565,7 @@ def _moments(
     qx: float,
     qy: float,
     qz: float,
-    threshold: np.float32,
+    threshold: float,
     ties: int,
 ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
     """Count, first and second moments of the offsets of the candidates at most ``threshold`` from the query.
