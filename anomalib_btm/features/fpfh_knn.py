@@ -776,6 +776,91 @@ def _bin_clamped(value: float, low: float, scale: float) -> int:
     return np.int32(min(max((value - low) * scale, _ZERO), _F32(_NUM_BINS - 1)))
 
 
+_TRANSPOSE_STEPS = (
+    ((0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15)),  # rows 0/1, 2/3, ... interleaved (unpck{l,h}ps)
+    ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)),  # pairs of those (shufps)
+    ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)),  # 128-bit halves of rows 0-3 and 4-7 (vperm2f128)
+)
+"""Low and high lane selections of the three rounds of two-vector shuffles of an 8×8 float32 transpose."""
+
+
+@intrinsic
+def _gather_columns(
+    typingctx: object,
+    table: types.Array,
+    index: types.Array,
+    count: types.Integer,
+    origin: types.UniTuple,
+    columns: types.Array,
+) -> tuple[object, Callable[..., object]]:
+    """``columns[c, j] = table[index[j], c] - origin[c]`` (``origin`` for ``c < 3``, else 0) for ``c < 6``.
+
+    ``j`` runs over ``count`` rounded up to a multiple of 8 (``index`` padded with valid rows, ``columns`` wide
+    enough). Eight rows of eight float32 (one vector each) are loaded and transposed in registers: six vector
+    stores per eight rows where copying the columns one by one takes six scalar stores per row. ``table`` ``(N, 8)``
+    and ``columns`` ``(>= 6, W)`` float32, C order.
+    """
+    signature = types.void(table, index, count, origin, columns)
+
+    def codegen(context: object, builder: ir.IRBuilder, sig: object, args: tuple[object, ...]) -> object:
+        table_value, index_value, count_value, origin_value, columns_value = args
+        rows = context.make_array(sig.args[0])(context, builder, table_value)
+        indices = context.make_array(sig.args[1])(context, builder, index_value)
+        out = context.make_array(sig.args[4])(context, builder, columns_value)
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        vector = ir.VectorType(f32, _LANES)
+        row_stride = builder.extract_value(rows.strides, 0)
+        out_stride = builder.extract_value(out.strides, 0)
+        rows_base = builder.bitcast(rows.data, ir.IntType(8).as_pointer())
+        out_base = builder.bitcast(out.data, ir.IntType(8).as_pointer())
+        count64 = builder.sext(count_value, i64) if count_value.type.width < 64 else count_value
+        offsets = []
+        for c in range(3):
+            value = builder.extract_value(origin_value, c)
+            value = builder.fptrunc(value, f32) if value.type != f32 else value
+            lane = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(i32, 0))
+            offsets.append(builder.shuffle_vector(lane, ir.Constant(vector, ir.Undefined),
+                                                  ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)))  # fmt: skip
+        entry = builder.block
+        loop = builder.append_basic_block("gather_columns.loop")
+        done = builder.append_basic_block("gather_columns.done")
+        builder.cbranch(builder.icmp_signed(">", count64, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        j = builder.phi(i64)
+        j.add_incoming(ir.Constant(i64, 0), entry)
+        block = []
+        for lane in range(_LANES):
+            row = builder.load(builder.gep(indices.data, [builder.add(j, ir.Constant(i64, lane))]))
+            row = builder.zext(row, i64) if row.type.width < 64 else row
+            pointer = builder.bitcast(builder.gep(rows_base, [builder.mul(row, row_stride)]), vector.as_pointer())
+            block.append(builder.load(pointer, align=4))
+
+        def shuffle(first: ir.Value, second: ir.Value, selection: tuple[int, ...]) -> ir.Value:
+            return builder.shuffle_vector(first, second, ir.Constant(ir.VectorType(i32, _LANES), selection))
+
+        (lo1, hi1), (lo2, hi2), (lo3, hi3) = _TRANSPOSE_STEPS
+        t = [shuffle(block[2 * (i // 2)], block[2 * (i // 2) + 1], hi1 if i % 2 else lo1) for i in range(_LANES)]
+        pairs2 = ((0, 2), (1, 3), (4, 6), (5, 7))
+        u = [shuffle(t[pairs2[i // 2][0]], t[pairs2[i // 2][1]], hi2 if i % 2 else lo2) for i in range(_LANES)]
+        # columns 0-3 are the low halves of (u0, u4) ... (u3, u7), columns 4-5 the high halves of (u0, u4), (u1, u5)
+        columns_out = [shuffle(u[c], u[c + 4], lo3) for c in range(4)] + [
+            shuffle(u[c], u[c + 4], hi3) for c in range(2)
+        ]
+        start = builder.mul(j, ir.Constant(i64, 4))
+        for c, value in enumerate(columns_out):
+            if c < 3:
+                value = builder.fsub(value, offsets[c])
+            target = builder.gep(out_base, [builder.add(builder.mul(ir.Constant(i64, c), out_stride), start)])
+            builder.store(value, builder.bitcast(target, vector.as_pointer()), align=4)
+        j_next = builder.add(j, ir.Constant(i64, _LANES))
+        j.add_incoming(j_next, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, count64), loop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
 @njit(**_JIT)
 def _spfh_rows(
     first: int,
@@ -787,15 +872,13 @@ def _spfh_rows(
 ) -> None:
     """SPFH (Open3D's ``ComputeSPFHFeature``) of the points ``first:last`` into ``spfh`` ``(N, 40)`` (zero padded).
 
-    ``points_normals`` ``(N, 8)`` holds each point and its normal in one row (one cache line per neighbour).
+    ``points_normals`` ``(N, 8)`` holds each point and its normal in one row (one cache line, one vector per
+    neighbour): :func:`_gather_columns` copies the neighbours' offsets and normals to columns eight at a time.
     """
     width = neighbours.shape[1]
-    gx = np.empty(width, np.float32)
-    gy = np.empty(width, np.float32)
-    gz = np.empty(width, np.float32)
-    hx = np.empty(width, np.float32)
-    hy = np.empty(width, np.float32)
-    hz = np.empty(width, np.float32)
+    gathered = np.empty((6, width + _LANES), np.float32)  # offsets and normals of the neighbours
+    gx, gy, gz, hx, hy, hz = gathered[0], gathered[1], gathered[2], gathered[3], gathered[4], gathered[5]
+    index = np.empty(width + _LANES, np.uint32)  # unsigned: no negative-index wraparound
     ax = np.empty(width, np.float32)
     ay = np.empty(width, np.float32)
     b0 = np.empty(width, np.int32)
@@ -806,17 +889,20 @@ def _spfh_rows(
         own = points_normals[q]
         px, py, pz, n1x, n1y, n1z = own[0], own[1], own[2], own[3], own[4], own[5]
         row = neighbours[q]
-        m = 0
-        for j in range(counts[q]):  # gather the neighbours, the point itself excluded (branch-free)
+        count = counts[q]
+        itself = at = 0
+        for j in range(count):
             s = row[j]
-            other = points_normals[np.uint64(s)]  # unsigned: no negative-index wraparound
-            gx[m] = other[0] - px
-            gy[m] = other[1] - py
-            gz[m] = other[2] - pz
-            hx[m] = other[3]
-            hy[m] = other[4]
-            hz[m] = other[5]
-            m += 0 if s == q else 1
+            index[j] = s
+            itself += 1 if s == q else 0
+            at += j if s == q else 0
+        for j in range(count, count + _LANES):
+            index[j] = q  # valid rows for the last block of eight
+        _gather_columns(points_normals, index, count, (px, py, pz), gathered)
+        m = count - itself
+        if itself:  # the point itself is no pair: the last neighbour takes its place
+            for c in range(6):
+                gathered[c, at] = gathered[c, m]
         # Pair features and their bins: the arithmetic of fpfh_numba._spfh_rows, written out again on purpose: an
         # njit helper that returns the three features as a tuple stops LLVM vectorising the loop (measured: window
         # kernels 153 -> 314 ms, k-NN kernels 225 -> 300 ms per cloud, one thread).

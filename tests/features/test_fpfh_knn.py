@@ -268,3 +268,27 @@ def test_weighted_rows_sum_equals_numpy() -> None:
         weight[count] = 0.0  # the pair padding
         expected = (table[index[:count]].astype(np.float64) * weight[:count, None]).sum(axis=0)
         np.testing.assert_allclose(weighted(table, index, weight, count), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gather_columns_equals_numpy() -> None:
+    # The SPFH gather (LLVM IR): eight rows of (point, normal, padding) loaded as vectors and transposed to columns,
+    # the point's offsets from the origin in the first three.
+    from numba import njit
+
+    from anomalib_btm.features.fpfh_knn import _gather_columns
+
+    @njit(cache=False)
+    def gather(table: np.ndarray, index: np.ndarray, count: int, origin: np.ndarray) -> np.ndarray:
+        columns = np.full((6, index.shape[0]), np.float32(7.0))
+        _gather_columns(table, index, count, (origin[0], origin[1], origin[2]), columns)
+        return columns
+
+    rng = np.random.default_rng(4)
+    table = rng.random((60, 8)).astype(np.float32)
+    origin = rng.random(3).astype(np.float32)
+    for count in (0, 1, 5, 8, 13, 100):
+        index = rng.integers(0, 60, count + 8).astype(np.uint32)  # valid rows up to count rounded up to 8
+        columns = gather(table, index, count, origin)
+        expected = table[index[:count], :6].T.copy()
+        expected[:3] -= origin[:, None]
+        np.testing.assert_array_equal(columns[:, :count], expected)
