@@ -262,6 +262,87 @@ def _kth_distance(
     return _kth_smallest(scratch, size, take - count_low), take
 
 
+def _left_packed_lanes() -> np.ndarray:
+    """For each 8-bit mask, the numbers of its set lanes in ascending order, left-packed ``(256, 8)``."""
+    lanes = np.zeros((256, _LANES), np.int32)
+    for mask in range(256):
+        kept = [lane for lane in range(_LANES) if mask >> lane & 1]
+        lanes[mask, : len(kept)] = kept
+    return lanes
+
+
+_PACKED_LANES = _left_packed_lanes()
+"""Lookup table of :func:`_compact_at_most`."""
+
+
+@intrinsic
+def _compact_at_most(
+    typingctx: object,
+    values: types.Array,
+    m: types.Integer,
+    threshold: types.Float,
+    lanes: types.Array,
+    found: types.Array,
+) -> tuple[object, Callable[..., object]]:
+    """Write the positions ``i < m`` with ``values[i] <= threshold`` to ``found`` in ascending order; their count.
+
+    Eight values at a time, without branches: their comparison is an 8-bit mask, whose left-packed lane numbers
+    (``lanes``, :data:`_PACKED_LANES`) plus the block's first position are stored at once; the count advances by
+    the mask's population count. ``values`` and ``threshold`` float32; ``values`` is read up to ``m`` rounded up
+    to 8 and must not be at most ``threshold`` from ``m`` on (NaN); ``found`` (int32 or uint32) is written up to
+    the count plus 8.
+    """
+    signature = types.intp(values, m, threshold, lanes, found)
+
+    def codegen(context: object, builder: ir.IRBuilder, sig: object, args: tuple[object, ...]) -> object:
+        values_value, m_value, threshold_value, lanes_value, found_value = args
+        source = context.make_array(sig.args[0])(context, builder, values_value)
+        table = context.make_array(sig.args[3])(context, builder, lanes_value)
+        target = context.make_array(sig.args[4])(context, builder, found_value)
+        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        floats = ir.VectorType(ir.FloatType(), _LANES)
+        ints = ir.VectorType(i32, _LANES)
+        splat = ir.Constant(ints, [0] * _LANES)
+
+        def broadcast(value: ir.Value, vector: ir.VectorType) -> ir.Value:
+            lane = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(lane, ir.Constant(vector, ir.Undefined), splat)
+
+        count64 = builder.sext(m_value, i64) if m_value.type.width < 64 else m_value
+        limits = broadcast(threshold_value, floats)
+        popcount = builder.module.declare_intrinsic("llvm.ctpop", [i8])
+        data = builder.bitcast(source.data, ir.FloatType().as_pointer())
+        packed_base = builder.bitcast(table.data, i32.as_pointer())
+        out = builder.bitcast(target.data, i32.as_pointer())
+        entry = builder.block
+        loop = builder.append_basic_block("compact.loop")
+        done = builder.append_basic_block("compact.done")
+        builder.cbranch(builder.icmp_signed(">", count64, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        j = builder.phi(i64)
+        written = builder.phi(i64)
+        j.add_incoming(ir.Constant(i64, 0), entry)
+        written.add_incoming(ir.Constant(i64, 0), entry)
+        block = builder.load(builder.bitcast(builder.gep(data, [j]), floats.as_pointer()), align=4)
+        mask = builder.bitcast(builder.fcmp_ordered("<=", block, limits), i8)
+        row = builder.mul(builder.zext(mask, i64), ir.Constant(i64, _LANES))
+        packed = builder.load(builder.bitcast(builder.gep(packed_base, [row]), ints.as_pointer()), align=4)
+        positions = builder.add(packed, broadcast(builder.trunc(j, i32), ints))
+        builder.store(positions, builder.bitcast(builder.gep(out, [written]), ints.as_pointer()), align=4)
+        written_next = builder.add(written, builder.zext(builder.call(popcount, [mask]), i64))
+        j_next = builder.add(j, ir.Constant(i64, _LANES))
+        j.add_incoming(j_next, loop)
+        written.add_incoming(written_next, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, count64), loop, done)
+        builder.position_at_end(done)
+        result = builder.phi(i64)
+        result.add_incoming(ir.Constant(i64, 0), entry)
+        result.add_incoming(written_next, loop)
+        return result
+
+    return signature, codegen
+
+
 @njit(**_JIT)
 def _nearest(
     values: np.ndarray, m: int, k: int, limit: float, guess: float, scratch: np.ndarray, found: np.ndarray
@@ -269,8 +350,9 @@ def _nearest(
     """Positions of the ``take`` smallest of ``values[:m]`` among those at most ``limit``, in storage order.
 
     ``take = min(k, admissible)``; ties at the ``take``-th value are broken by storage order. One branch-free
-    compaction writes the positions of the values up to the top of the :func:`_bracket` to ``found``: exactly
-    ``take`` of them as a rule. Else (ties) the ``take``-th value is selected among them and the excess dropped.
+    compaction (:func:`_compact_at_most`: ``values`` and ``found`` are written eight past ``m``) writes the
+    positions of the values up to the top of the :func:`_bracket` to ``found``: exactly ``take`` of them as a rule.
+    Else (ties) the ``take``-th value is selected among them and the excess dropped.
 
     Returns:
         A bound at least the ``take``-th value and below every value left out (the top of the bracket, or the
@@ -279,10 +361,11 @@ def _nearest(
     low, count_low, high, _, take = _bracket(values, m, k, limit, guess, _SELECT_SMALL)
     if take == 0:
         return 0.0, 0
-    written = 0
-    for i in range(m):  # branch-free compaction
-        found[written] = i
-        written += 1 if values[i] <= high else 0
+    high32 = _F32(high)  # the largest float32 at most high: a float32 is at most either or neither
+    high32 = high32 if high32 <= high else np.nextafter(high32, _F32(-np.inf))
+    for i in range(m, m + _LANES):
+        values[i] = np.nan  # at most no threshold: the last block of eight
+    written = _compact_at_most(values, m, high32, _PACKED_LANES, found)
     if written == take:
         return high, take
     size = 0
@@ -440,9 +523,9 @@ def _knn_rows(
     dtype = sorted_xyz.dtype
     candidates = np.empty((3, n), dtype)
     candidate_index = np.empty(n, np.int32)
-    squared = np.empty(n, dtype)
+    squared = np.empty(n + _LANES, dtype)  # read in blocks of eight (_compact_at_most)
     scratch = np.empty(n, dtype)
-    found = np.empty(n, np.uint32)  # unsigned: no negative-index wraparound in the gathers
+    found = np.empty(n + _LANES, np.uint32)  # unsigned: no negative-index wraparound in the gathers
     pending = np.empty(n, np.int64)
     low = np.empty(3, np.float64)
     high = np.empty(3, np.float64)

@@ -292,3 +292,23 @@ def test_gather_columns_equals_numpy() -> None:
         expected = table[index[:count], :6].T.copy()
         expected[:3] -= origin[:, None]
         np.testing.assert_array_equal(columns[:, :count], expected)
+
+
+def test_compact_at_most_equals_numpy() -> None:
+    # The selection's compaction (LLVM IR): eight comparisons as a mask, its left-packed lanes stored at once.
+    from numba import njit
+
+    from anomalib_btm.features.fpfh_knn import _PACKED_LANES, _compact_at_most
+
+    @njit(cache=False)
+    def compact(values: np.ndarray, m: int, threshold: np.float32, found: np.ndarray) -> int:
+        return _compact_at_most(values, m, threshold, _PACKED_LANES, found)
+
+    rng = np.random.default_rng(6)
+    for m in (0, 1, 7, 8, 9, 100, 353):
+        values = np.full(m + 8, np.nan, np.float32)
+        values[:m] = np.round(rng.random(m) * 20) / 20  # ties at the threshold
+        for threshold in (-1.0, 0.0, 0.5, 1.0, np.inf):
+            found = np.full(m + 8, 12345, np.uint32)
+            written = compact(values, m, np.float32(threshold), found)
+            np.testing.assert_array_equal(found[:written], np.flatnonzero(values[:m] <= threshold))
