@@ -20,8 +20,10 @@ real one:
   ``2 * voxel_size``, selected among the FPFH neighbours in the same pass), SPFH and the ``1/d²``-weighted FPFH sum
   over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads in small chunks, with the
   pair-feature arithmetic, eigen solver and histogram bins of :mod:`anomalib_btm.features.fpfh_numba` (``atan2``
-  with one division instead of two); the weighted sum keeps its 33 channels in vector registers while it gathers the
-  neighbours' SPFH rows (:func:`_weighted_rows`). ``benchmarks/fpfh.py`` times it against Open3D.
+  with one division instead of two). Three inner loops are LLVM IR (Numba intrinsics) because Numba's loops do not
+  vectorise them: the compaction of the selected candidates (:func:`_compact_at_most`), the SPFH's gather of the
+  neighbours' points and normals (:func:`_gather_columns`) and the FPFH's weighted sum of their SPFH rows, whose 33
+  channels stay in vector registers (:func:`_weighted_rows`). ``benchmarks/fpfh.py`` times it against Open3D.
 * :func:`fpfh_knn_torch`: the same definition in torch with a chunked brute-force search (``cdist`` + ``topk``),
   for CUDA tensors, float64 input and as an independent reference in the tests. Its shapes depend on the number of
   valid points, so it does not export: exported graphs use the pixel window (see ``fpfh_torch``).
@@ -82,7 +84,7 @@ compaction); a quickselect remains for ties and passes that run out."""
 _CHUNKS_PER_THREAD = 16
 """Row chunks per thread of each phase, taken in turn by the threads that are free (see :func:`_run_chunks`)."""
 _LANES = 8
-"""Float32 lanes of the vectors that :func:`_weighted_rows` sums (AVX2; LLVM splits them on narrower targets)."""
+"""Float32 lanes of the vectors of the LLVM IR kernels (AVX2; LLVM splits them on narrower targets)."""
 _TABLE_WIDTH = 5 * _LANES
 """Columns of the SPFH table: the 33 bins padded to whole vectors (the padding is zero and never read back)."""
 _OUT_BLOCK = 256
