@@ -18,10 +18,12 @@ real one:
   grid: they affect speed only, never the result.
 * :func:`fpfh_knn_numba`: normals (Open3D's ``EstimateNormals`` neighbourhood: the ``normal_max_nn`` nearest within
   ``2 * voxel_size``, selected among the FPFH neighbours in the same pass), SPFH and the ``1/d²``-weighted FPFH sum
-  over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads, with the pair-feature
-  arithmetic, eigen solver and histogram bins of :mod:`anomalib_btm.features.fpfh_numba` (``atan2`` with one
-  division instead of two). About 112 ms of CPU time per 224² cloud (~49k points), split over the threads in small
-  chunks (``benchmarks/fpfh.py`` times it against Open3D).
+  over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads in small chunks, with the
+  pair-feature arithmetic, eigen solver and histogram bins of :mod:`anomalib_btm.features.fpfh_numba` (``atan2``
+  with one division instead of two). Three inner loops are LLVM IR (Numba intrinsics) because Numba's loops do not
+  vectorise them: the compaction of the selected candidates (:func:`_compact_at_most`), the SPFH's gather of the
+  neighbours' points and normals (:func:`_gather_columns`) and the FPFH's weighted sum of their SPFH rows, whose 33
+  channels stay in vector registers (:func:`_weighted_rows`). ``benchmarks/fpfh.py`` times it against Open3D.
 * :func:`fpfh_knn_torch`: the same definition in torch with a chunked brute-force search (``cdist`` + ``topk``),
   for CUDA tensors, float64 input and as an independent reference in the tests. Its shapes depend on the number of
   valid points, so it does not export: exported graphs use the pixel window (see ``fpfh_torch``).
@@ -35,7 +37,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from anomalib_btm.features.fpfh_numba import (
     _ANGLE_SCALE,
@@ -79,6 +83,12 @@ _SELECT_SMALL = 1
 compaction); a quickselect remains for ties and passes that run out."""
 _CHUNKS_PER_THREAD = 16
 """Row chunks per thread of each phase, taken in turn by the threads that are free (see :func:`_run_chunks`)."""
+_LANES = 8
+"""Float32 lanes of the vectors of the LLVM IR kernels (AVX2; LLVM splits them on narrower targets)."""
+_TABLE_WIDTH = 5 * _LANES
+"""Columns of the SPFH table: the 33 bins padded to whole vectors (the padding is zero and never read back)."""
+_OUT_BLOCK = 256
+"""Points whose FPFH are staged point by point before they are written to the output planes channel by channel."""
 
 
 def _run_chunks(kernel: Callable[..., None], rows: int, *args: object) -> None:
@@ -254,6 +264,87 @@ def _kth_distance(
     return _kth_smallest(scratch, size, take - count_low), take
 
 
+def _left_packed_lanes() -> np.ndarray:
+    """For each 8-bit mask, the numbers of its set lanes in ascending order, left-packed ``(256, 8)``."""
+    lanes = np.zeros((256, _LANES), np.int32)
+    for mask in range(256):
+        kept = [lane for lane in range(_LANES) if mask >> lane & 1]
+        lanes[mask, : len(kept)] = kept
+    return lanes
+
+
+_PACKED_LANES = _left_packed_lanes()
+"""Lookup table of :func:`_compact_at_most`."""
+
+
+@intrinsic
+def _compact_at_most(
+    typingctx: object,
+    values: types.Array,
+    m: types.Integer,
+    threshold: types.Float,
+    lanes: types.Array,
+    found: types.Array,
+) -> tuple[object, Callable[..., object]]:
+    """Write the positions ``i < m`` with ``values[i] <= threshold`` to ``found`` in ascending order; their count.
+
+    Eight values at a time, without branches: their comparison is an 8-bit mask, whose left-packed lane numbers
+    (``lanes``, :data:`_PACKED_LANES`) plus the block's first position are stored at once; the count advances by
+    the mask's population count. ``values`` and ``threshold`` float32; ``values`` is read up to ``m`` rounded up
+    to 8 and must not be at most ``threshold`` from ``m`` on (NaN); ``found`` (int32 or uint32) is written up to
+    the count plus 8.
+    """
+    signature = types.intp(values, m, threshold, lanes, found)
+
+    def codegen(context: object, builder: ir.IRBuilder, sig: object, args: tuple[object, ...]) -> object:
+        values_value, m_value, threshold_value, lanes_value, found_value = args
+        source = context.make_array(sig.args[0])(context, builder, values_value)
+        table = context.make_array(sig.args[3])(context, builder, lanes_value)
+        target = context.make_array(sig.args[4])(context, builder, found_value)
+        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        floats = ir.VectorType(ir.FloatType(), _LANES)
+        ints = ir.VectorType(i32, _LANES)
+        splat = ir.Constant(ints, [0] * _LANES)
+
+        def broadcast(value: ir.Value, vector: ir.VectorType) -> ir.Value:
+            lane = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(lane, ir.Constant(vector, ir.Undefined), splat)
+
+        count64 = builder.sext(m_value, i64) if m_value.type.width < 64 else m_value
+        limits = broadcast(threshold_value, floats)
+        popcount = builder.module.declare_intrinsic("llvm.ctpop", [i8])
+        data = builder.bitcast(source.data, ir.FloatType().as_pointer())
+        packed_base = builder.bitcast(table.data, i32.as_pointer())
+        out = builder.bitcast(target.data, i32.as_pointer())
+        entry = builder.block
+        loop = builder.append_basic_block("compact.loop")
+        done = builder.append_basic_block("compact.done")
+        builder.cbranch(builder.icmp_signed(">", count64, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        j = builder.phi(i64)
+        written = builder.phi(i64)
+        j.add_incoming(ir.Constant(i64, 0), entry)
+        written.add_incoming(ir.Constant(i64, 0), entry)
+        block = builder.load(builder.bitcast(builder.gep(data, [j]), floats.as_pointer()), align=4)
+        mask = builder.bitcast(builder.fcmp_ordered("<=", block, limits), i8)
+        row = builder.mul(builder.zext(mask, i64), ir.Constant(i64, _LANES))
+        packed = builder.load(builder.bitcast(builder.gep(packed_base, [row]), ints.as_pointer()), align=4)
+        positions = builder.add(packed, broadcast(builder.trunc(j, i32), ints))
+        builder.store(positions, builder.bitcast(builder.gep(out, [written]), ints.as_pointer()), align=4)
+        written_next = builder.add(written, builder.zext(builder.call(popcount, [mask]), i64))
+        j_next = builder.add(j, ir.Constant(i64, _LANES))
+        j.add_incoming(j_next, loop)
+        written.add_incoming(written_next, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, count64), loop, done)
+        builder.position_at_end(done)
+        result = builder.phi(i64)
+        result.add_incoming(ir.Constant(i64, 0), entry)
+        result.add_incoming(written_next, loop)
+        return result
+
+    return signature, codegen
+
+
 @njit(**_JIT)
 def _nearest(
     values: np.ndarray, m: int, k: int, limit: float, guess: float, scratch: np.ndarray, found: np.ndarray
@@ -261,8 +352,9 @@ def _nearest(
     """Positions of the ``take`` smallest of ``values[:m]`` among those at most ``limit``, in storage order.
 
     ``take = min(k, admissible)``; ties at the ``take``-th value are broken by storage order. One branch-free
-    compaction writes the positions of the values up to the top of the :func:`_bracket` to ``found``: exactly
-    ``take`` of them as a rule. Else (ties) the ``take``-th value is selected among them and the excess dropped.
+    compaction (:func:`_compact_at_most`: ``values`` and ``found`` are written eight past ``m``) writes the
+    positions of the values up to the top of the :func:`_bracket` to ``found``: exactly ``take`` of them as a rule.
+    Else (ties) the ``take``-th value is selected among them and the excess dropped.
 
     Returns:
         A bound at least the ``take``-th value and below every value left out (the top of the bracket, or the
@@ -271,10 +363,11 @@ def _nearest(
     low, count_low, high, _, take = _bracket(values, m, k, limit, guess, _SELECT_SMALL)
     if take == 0:
         return 0.0, 0
-    written = 0
-    for i in range(m):  # branch-free compaction
-        found[written] = i
-        written += 1 if values[i] <= high else 0
+    high32 = _F32(high)  # the largest float32 at most high: a float32 is at most either or neither
+    high32 = high32 if high32 <= high else np.nextafter(high32, _F32(-np.inf))
+    for i in range(m, m + _LANES):
+        values[i] = np.nan  # at most no threshold: the last block of eight
+    written = _compact_at_most(values, m, high32, _PACKED_LANES, found)
     if written == take:
         return high, take
     size = 0
@@ -432,9 +525,9 @@ def _knn_rows(
     dtype = sorted_xyz.dtype
     candidates = np.empty((3, n), dtype)
     candidate_index = np.empty(n, np.int32)
-    squared = np.empty(n, dtype)
+    squared = np.empty(n + _LANES, dtype)  # read in blocks of eight (_compact_at_most)
     scratch = np.empty(n, dtype)
-    found = np.empty(n, np.uint32)  # unsigned: no negative-index wraparound in the gathers
+    found = np.empty(n + _LANES, np.uint32)  # unsigned: no negative-index wraparound in the gathers
     pending = np.empty(n, np.int64)
     low = np.empty(3, np.float64)
     high = np.empty(3, np.float64)
@@ -768,6 +861,91 @@ def _bin_clamped(value: float, low: float, scale: float) -> int:
     return np.int32(min(max((value - low) * scale, _ZERO), _F32(_NUM_BINS - 1)))
 
 
+_TRANSPOSE_STEPS = (
+    ((0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15)),  # rows 0/1, 2/3, ... interleaved (unpck{l,h}ps)
+    ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)),  # pairs of those (shufps)
+    ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)),  # 128-bit halves of rows 0-3 and 4-7 (vperm2f128)
+)
+"""Low and high lane selections of the three rounds of two-vector shuffles of an 8×8 float32 transpose."""
+
+
+@intrinsic
+def _gather_columns(
+    typingctx: object,
+    table: types.Array,
+    index: types.Array,
+    count: types.Integer,
+    origin: types.UniTuple,
+    columns: types.Array,
+) -> tuple[object, Callable[..., object]]:
+    """``columns[c, j] = table[index[j], c] - origin[c]`` (``origin`` for ``c < 3``, else 0) for ``c < 6``.
+
+    ``j`` runs over ``count`` rounded up to a multiple of 8 (``index`` padded with valid rows, ``columns`` wide
+    enough). Eight rows of eight float32 (one vector each) are loaded and transposed in registers: six vector
+    stores per eight rows where copying the columns one by one takes six scalar stores per row. ``table`` ``(N, 8)``
+    and ``columns`` ``(>= 6, W)`` float32, C order.
+    """
+    signature = types.void(table, index, count, origin, columns)
+
+    def codegen(context: object, builder: ir.IRBuilder, sig: object, args: tuple[object, ...]) -> object:
+        table_value, index_value, count_value, origin_value, columns_value = args
+        rows = context.make_array(sig.args[0])(context, builder, table_value)
+        indices = context.make_array(sig.args[1])(context, builder, index_value)
+        out = context.make_array(sig.args[4])(context, builder, columns_value)
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        vector = ir.VectorType(f32, _LANES)
+        row_stride = builder.extract_value(rows.strides, 0)
+        out_stride = builder.extract_value(out.strides, 0)
+        rows_base = builder.bitcast(rows.data, ir.IntType(8).as_pointer())
+        out_base = builder.bitcast(out.data, ir.IntType(8).as_pointer())
+        count64 = builder.sext(count_value, i64) if count_value.type.width < 64 else count_value
+        offsets = []
+        for c in range(3):
+            value = builder.extract_value(origin_value, c)
+            value = builder.fptrunc(value, f32) if value.type != f32 else value
+            lane = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(i32, 0))
+            offsets.append(builder.shuffle_vector(lane, ir.Constant(vector, ir.Undefined),
+                                                  ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)))  # fmt: skip
+        entry = builder.block
+        loop = builder.append_basic_block("gather_columns.loop")
+        done = builder.append_basic_block("gather_columns.done")
+        builder.cbranch(builder.icmp_signed(">", count64, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        j = builder.phi(i64)
+        j.add_incoming(ir.Constant(i64, 0), entry)
+        block = []
+        for lane in range(_LANES):
+            row = builder.load(builder.gep(indices.data, [builder.add(j, ir.Constant(i64, lane))]))
+            row = builder.zext(row, i64) if row.type.width < 64 else row
+            pointer = builder.bitcast(builder.gep(rows_base, [builder.mul(row, row_stride)]), vector.as_pointer())
+            block.append(builder.load(pointer, align=4))
+
+        def shuffle(first: ir.Value, second: ir.Value, selection: tuple[int, ...]) -> ir.Value:
+            return builder.shuffle_vector(first, second, ir.Constant(ir.VectorType(i32, _LANES), selection))
+
+        (lo1, hi1), (lo2, hi2), (lo3, hi3) = _TRANSPOSE_STEPS
+        t = [shuffle(block[2 * (i // 2)], block[2 * (i // 2) + 1], hi1 if i % 2 else lo1) for i in range(_LANES)]
+        pairs2 = ((0, 2), (1, 3), (4, 6), (5, 7))
+        u = [shuffle(t[pairs2[i // 2][0]], t[pairs2[i // 2][1]], hi2 if i % 2 else lo2) for i in range(_LANES)]
+        # columns 0-3 are the low halves of (u0, u4) ... (u3, u7), columns 4-5 the high halves of (u0, u4), (u1, u5)
+        columns_out = [shuffle(u[c], u[c + 4], lo3) for c in range(4)] + [
+            shuffle(u[c], u[c + 4], hi3) for c in range(2)
+        ]
+        start = builder.mul(j, ir.Constant(i64, 4))
+        for c, value in enumerate(columns_out):
+            if c < 3:
+                value = builder.fsub(value, offsets[c])
+            target = builder.gep(out_base, [builder.add(builder.mul(ir.Constant(i64, c), out_stride), start)])
+            builder.store(value, builder.bitcast(target, vector.as_pointer()), align=4)
+        j_next = builder.add(j, ir.Constant(i64, _LANES))
+        j.add_incoming(j_next, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, count64), loop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
 @njit(**_JIT)
 def _spfh_rows(
     first: int,
@@ -777,17 +955,15 @@ def _spfh_rows(
     counts: np.ndarray,
     spfh: np.ndarray,
 ) -> None:
-    """SPFH (Open3D's ``ComputeSPFHFeature``) of the points ``first:last`` into ``spfh`` ``(N, 33)``.
+    """SPFH (Open3D's ``ComputeSPFHFeature``) of the points ``first:last`` into ``spfh`` ``(N, 40)`` (zero padded).
 
-    ``points_normals`` ``(N, 8)`` holds each point and its normal in one row (one cache line per neighbour).
+    ``points_normals`` ``(N, 8)`` holds each point and its normal in one row (one cache line, one vector per
+    neighbour): :func:`_gather_columns` copies the neighbours' offsets and normals to columns eight at a time.
     """
     width = neighbours.shape[1]
-    gx = np.empty(width, np.float32)
-    gy = np.empty(width, np.float32)
-    gz = np.empty(width, np.float32)
-    hx = np.empty(width, np.float32)
-    hy = np.empty(width, np.float32)
-    hz = np.empty(width, np.float32)
+    gathered = np.empty((6, width + _LANES), np.float32)  # offsets and normals of the neighbours
+    gx, gy, gz, hx, hy, hz = gathered[0], gathered[1], gathered[2], gathered[3], gathered[4], gathered[5]
+    index = np.empty(width + _LANES, np.uint32)  # unsigned: no negative-index wraparound
     ax = np.empty(width, np.float32)
     ay = np.empty(width, np.float32)
     b0 = np.empty(width, np.int32)
@@ -798,17 +974,20 @@ def _spfh_rows(
         own = points_normals[q]
         px, py, pz, n1x, n1y, n1z = own[0], own[1], own[2], own[3], own[4], own[5]
         row = neighbours[q]
-        m = 0
-        for j in range(counts[q]):  # gather the neighbours, the point itself excluded (branch-free)
+        count = counts[q]
+        itself = at = 0
+        for j in range(count):
             s = row[j]
-            other = points_normals[np.uint64(s)]  # unsigned: no negative-index wraparound
-            gx[m] = other[0] - px
-            gy[m] = other[1] - py
-            gz[m] = other[2] - pz
-            hx[m] = other[3]
-            hy[m] = other[4]
-            hz[m] = other[5]
-            m += 0 if s == q else 1
+            index[j] = s
+            itself += 1 if s == q else 0
+            at += j if s == q else 0
+        for j in range(count, count + _LANES):
+            index[j] = q  # valid rows for the last block of eight
+        _gather_columns(points_normals, index, count, (px, py, pz), gathered)
+        m = count - itself
+        if itself:  # the point itself is no pair: the last neighbour takes its place
+            for c in range(6):
+                gathered[c, at] = gathered[c, m]
         # Pair features and their bins: the arithmetic of fpfh_numba._spfh_rows, written out again on purpose: an
         # njit helper that returns the three features as a tuple stops LLVM vectorising the loop (measured: window
         # kernels 153 -> 314 ms, k-NN kernels 225 -> 300 ms per cloud, one thread).
@@ -851,6 +1030,86 @@ def _spfh_rows(
         for group in range(3):
             for b in range(_NUM_BINS):
                 spfh[q, group * _NUM_BINS + b] = _F32(histogram[group, b]) * scale
+        for b in range(3 * _NUM_BINS, _TABLE_WIDTH):
+            spfh[q, b] = _ZERO
+
+
+@intrinsic
+def _weighted_rows(
+    typingctx: object,
+    table: types.Array,
+    index: types.Array,
+    weight: types.Array,
+    count: types.Integer,
+    total: types.Array,
+) -> tuple[object, Callable[..., object]]:
+    """``total[:40] = Σ weight[j] * table[index[j], :40]`` over ``j < count``, in vector registers.
+
+    The 40 sums (:data:`_TABLE_WIDTH`) stay in five 8-lane registers while the rows are gathered, two rows per
+    iteration into two sets of sums (added at the end). Written as LLVM IR because Numba's loops cannot express it:
+    LLVM vectorises a loop over the channels, which loads and stores the sums once per row (or per few rows, behind
+    run-time checks that the rows do not overlap the sums, since Numba's arrays carry no ``noalias``).
+
+    ``table`` ``(N, >= 40)`` float32 (C order), ``index`` and ``weight`` 1-D C-ordered with valid entries up to
+    ``count`` rounded up to even (pad with a zero weight and any valid row), ``total`` at least 40 float32.
+    """
+    signature = types.void(table, index, weight, count, total)
+
+    def codegen(context: object, builder: ir.IRBuilder, sig: object, args: tuple[object, ...]) -> object:
+        table_value, index_value, weight_value, count_value, total_value = args
+        rows = context.make_array(sig.args[0])(context, builder, table_value)
+        indices = context.make_array(sig.args[1])(context, builder, index_value)
+        weights = context.make_array(sig.args[2])(context, builder, weight_value)
+        sums = context.make_array(sig.args[4])(context, builder, total_value)
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        vector = ir.VectorType(f32, _LANES)
+        vectors = _TABLE_WIDTH // _LANES
+        stride = builder.extract_value(rows.strides, 0)
+        base = builder.bitcast(rows.data, ir.IntType(8).as_pointer())
+        count64 = builder.sext(count_value, i64) if count_value.type.width < 64 else count_value
+        zero = ir.Constant(vector, [0.0] * _LANES)
+        entry = builder.block
+        loop = builder.append_basic_block("weighted_rows.loop")
+        done = builder.append_basic_block("weighted_rows.done")
+        builder.cbranch(builder.icmp_signed(">", count64, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        j = builder.phi(i64)
+        j.add_incoming(ir.Constant(i64, 0), entry)
+        sums_in = [builder.phi(vector) for _ in range(2 * vectors)]
+        sums_out = []
+        for u in range(2):
+            ju = builder.add(j, ir.Constant(i64, u))
+            row = builder.load(builder.gep(indices.data, [ju]))
+            row = builder.zext(row, i64) if row.type.width < 64 else row
+            w = builder.insert_element(ir.Constant(vector, ir.Undefined), builder.load(builder.gep(weights.data, [ju])),
+                                       ir.Constant(i32, 0))  # fmt: skip
+            w = builder.shuffle_vector(w, ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(i32, _LANES),
+                                                                                         [0] * _LANES))  # fmt: skip
+            start = builder.bitcast(builder.gep(base, [builder.mul(row, stride)]), f32.as_pointer())
+            for c in range(vectors):
+                pointer = builder.bitcast(builder.gep(start, [ir.Constant(i64, c * _LANES)]), vector.as_pointer())
+                product = builder.fmul(builder.load(pointer, align=4), w, flags=("contract",))
+                sums_out.append(builder.fadd(sums_in[u * vectors + c], product, flags=("contract",)))
+        j_next = builder.add(j, ir.Constant(i64, 2))
+        j.add_incoming(j_next, loop)
+        for phi, value in zip(sums_in, sums_out, strict=True):
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, count64), loop, done)
+        builder.position_at_end(done)
+        final = []
+        for value in sums_out:
+            phi = builder.phi(vector)
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop)
+            final.append(phi)
+        target = builder.bitcast(sums.data, f32.as_pointer())
+        for c in range(vectors):
+            pointer = builder.bitcast(builder.gep(target, [ir.Constant(i64, c * _LANES)]), vector.as_pointer())
+            builder.store(builder.fadd(final[c], final[vectors + c]), pointer, align=4)
+        return context.get_dummy_value()
+
+    return signature, codegen
 
 
 @njit(**_JIT)
@@ -866,46 +1125,44 @@ def _fpfh_rows(
 ) -> None:
     """FPFH (Open3D's ``ComputeFPFHFeature``): own SPFH plus the ``1/d²``-weighted neighbour SPFHs per group.
 
-    Point ``q`` is written to pixel ``pixel[q]`` of the output planes ``out`` ``(33, H * W)``.
-
-    The weighted rows are summed eight neighbours at a time (one pass over the channels per eight rows: measured
-    27 -> 24 ms per cloud, one thread, for four, -> 21.5 ms for eight); the list is padded with zero weights.
+    ``spfh`` is the padded table ``(N, 40)`` of :func:`_spfh_rows`; :func:`_weighted_rows` sums the weighted rows.
+    Point ``q`` is written to pixel ``pixel[q]`` of the output planes ``out`` ``(33, H * W)``: staged point by point
+    for :data:`_OUT_BLOCK` points, then written plane by plane, since the planes of a 224² image lie a multiple of
+    4 KiB apart and the 33 values of one point would all compete for the same few L1 cache sets.
     """
-    channels = spfh.shape[1]
+    channels = 3 * _NUM_BINS
     width = neighbours.shape[1]
-    total = np.empty(channels, np.float32)
-    weight = np.empty(width + 7, np.float32)
-    index = np.empty(width + 7, np.uint64)  # unsigned: no negative-index wraparound
-    for q in range(first, last):
-        row, row_squared = neighbours[q], distances[q]
-        count = counts[q]
-        m = 0
-        for j in range(count):
-            s = row[j]
-            d = row_squared[j]
-            m += 0 if s == q else 1
-            weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself, coincident points: none
-            index[j] = s
-        for j in range(count, count + 7):
-            weight[j] = _ZERO
-            index[j] = np.uint64(q)
-        total[:] = _ZERO
-        for j in range(0, count, 8):
-            w0, w1, w2, w3 = weight[j], weight[j + 1], weight[j + 2], weight[j + 3]
-            w4, w5, w6, w7 = weight[j + 4], weight[j + 5], weight[j + 6], weight[j + 7]
-            r0, r1, r2, r3 = spfh[index[j]], spfh[index[j + 1]], spfh[index[j + 2]], spfh[index[j + 3]]
-            r4, r5, r6, r7 = spfh[index[j + 4]], spfh[index[j + 5]], spfh[index[j + 6]], spfh[index[j + 7]]
-            for b in range(channels):
-                total[b] += ((r0[b] * w0 + r1[b] * w1) + (r2[b] * w2 + r3[b] * w3)) + (
-                    (r4[b] * w4 + r5[b] * w5) + (r6[b] * w6 + r7[b] * w7)
-                )
-        for group in range(3):
-            group_sum = _ZERO
-            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
-                group_sum += total[b]
-            scale = _safe_div(_HUNDRED, group_sum)
-            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
-                out[b, pixel[q]] = total[b] * scale + spfh[q, b] if m > 0 else _ZERO
+    total = np.empty(_TABLE_WIDTH, np.float32)
+    weight = np.empty(width + 1, np.float32)
+    index = np.empty(width + 1, np.uint32)  # unsigned: no negative-index wraparound
+    staged = np.empty((_OUT_BLOCK, channels), np.float32)
+    for block in range(first, last, _OUT_BLOCK):
+        stop = min(block + _OUT_BLOCK, last)
+        for q in range(block, stop):
+            row, row_squared = neighbours[q], distances[q]
+            count = counts[q]
+            m = 0
+            for j in range(count):
+                s = row[j]
+                d = row_squared[j]
+                m += 0 if s == q else 1
+                weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself, coincident points: none
+                index[j] = s
+            weight[count] = _ZERO  # the pair padding of _weighted_rows
+            index[count] = q
+            _weighted_rows(spfh, index, weight, count, total)
+            own = staged[q - block]
+            for group in range(3):
+                group_sum = _ZERO
+                for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+                    group_sum += total[b]
+                scale = _safe_div(_HUNDRED, group_sum)
+                for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+                    own[b] = total[b] * scale + spfh[q, b] if m > 0 else _ZERO
+        for b in range(channels):
+            plane = out[b]
+            for q in range(block, stop):
+                plane[pixel[q]] = staged[q - block, b]
 
 
 def fpfh_knn_numba(
@@ -943,7 +1200,7 @@ def fpfh_knn_numba(
         neighbours, distances, counts, points_normals = _search(points, bounds, spacing, max_nn, 5.0 * voxel_size,
                                                                 normal_max_nn, 2.0 * voxel_size,
                                                                 normal_orientation == "camera", reuse=True)  # fmt: skip
-        spfh = _reused((n, 3 * _NUM_BINS), np.float32, "spfh")
+        spfh = _reused((n, _TABLE_WIDTH), np.float32, "spfh")
         _run_chunks(_spfh_rows, n, points_normals, neighbours, counts, spfh)
         _run_chunks(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
     return torch.from_numpy(out.reshape(batch, 3 * _NUM_BINS, height, width))

@@ -245,3 +245,70 @@ def test_knn_fpfh_does_not_depend_on_the_threads() -> None:
     assert (results[0] != 0).any()
     assert torch.equal(results[0], results[1])
     assert torch.equal(results[0], results[2])
+
+
+def test_weighted_rows_sum_equals_numpy() -> None:
+    # The FPFH sum in vector registers (LLVM IR): rows gathered by index, two per step (odd counts padded by the
+    # caller with a zero weight), the 40 sums of the padded SPFH table.
+    from numba import njit
+
+    from anomalib_btm.features.fpfh_knn import _TABLE_WIDTH, _weighted_rows
+
+    @njit(cache=False)
+    def weighted(table: np.ndarray, index: np.ndarray, weight: np.ndarray, count: int) -> np.ndarray:
+        total = np.full(_TABLE_WIDTH, np.float32(7.0))
+        _weighted_rows(table, index, weight, count, total)
+        return total
+
+    rng = np.random.default_rng(3)
+    table = rng.random((50, _TABLE_WIDTH)).astype(np.float32)
+    for count in (0, 1, 2, 7, 100):
+        index = rng.integers(0, 50, count + 1).astype(np.uint32)
+        weight = rng.random(count + 1).astype(np.float32)
+        weight[count] = 0.0  # the pair padding
+        expected = (table[index[:count]].astype(np.float64) * weight[:count, None]).sum(axis=0)
+        np.testing.assert_allclose(weighted(table, index, weight, count), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gather_columns_equals_numpy() -> None:
+    # The SPFH gather (LLVM IR): eight rows of (point, normal, padding) loaded as vectors and transposed to columns,
+    # the point's offsets from the origin in the first three.
+    from numba import njit
+
+    from anomalib_btm.features.fpfh_knn import _gather_columns
+
+    @njit(cache=False)
+    def gather(table: np.ndarray, index: np.ndarray, count: int, origin: np.ndarray) -> np.ndarray:
+        columns = np.full((6, index.shape[0]), np.float32(7.0))
+        _gather_columns(table, index, count, (origin[0], origin[1], origin[2]), columns)
+        return columns
+
+    rng = np.random.default_rng(4)
+    table = rng.random((60, 8)).astype(np.float32)
+    origin = rng.random(3).astype(np.float32)
+    for count in (0, 1, 5, 8, 13, 100):
+        index = rng.integers(0, 60, count + 8).astype(np.uint32)  # valid rows up to count rounded up to 8
+        columns = gather(table, index, count, origin)
+        expected = table[index[:count], :6].T.copy()
+        expected[:3] -= origin[:, None]
+        np.testing.assert_array_equal(columns[:, :count], expected)
+
+
+def test_compact_at_most_equals_numpy() -> None:
+    # The selection's compaction (LLVM IR): eight comparisons as a mask, its left-packed lanes stored at once.
+    from numba import njit
+
+    from anomalib_btm.features.fpfh_knn import _PACKED_LANES, _compact_at_most
+
+    @njit(cache=False)
+    def compact(values: np.ndarray, m: int, threshold: np.float32, found: np.ndarray) -> int:
+        return _compact_at_most(values, m, threshold, _PACKED_LANES, found)
+
+    rng = np.random.default_rng(6)
+    for m in (0, 1, 7, 8, 9, 100, 353):
+        values = np.full(m + 8, np.nan, np.float32)
+        values[:m] = np.round(rng.random(m) * 20) / 20  # ties at the threshold
+        for threshold in (-1.0, 0.0, 0.5, 1.0, np.inf):
+            found = np.full(m + 8, 12345, np.uint32)
+            written = compact(values, m, np.float32(threshold), found)
+            np.testing.assert_array_equal(found[:written], np.flatnonzero(values[:m] <= threshold))
