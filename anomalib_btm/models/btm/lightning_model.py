@@ -45,6 +45,7 @@ from anomalib_btm.visualize import BTMVisualizer
 from .coreset import check_coreset_method
 from .distributed import broadcast_seed, is_distributed, padded_tail, skip_ddp_wrapper, unpadded_eval_dataloaders
 from .export import check_compression, export_onnx, quantize_ptq
+from .prediction_cache import PredictionCache, model_token, sample_keys
 from .torch_model import BTMModel
 
 if TYPE_CHECKING:
@@ -101,6 +102,10 @@ class BTM(MemoryBankMixin, AnomalibModule):
             28 × 28): ``"adaptive_avg_pool"`` (default; BTF's resize, which replicates each value into a 2 × 2 block —
             the setting that reproduces the paper) or ``"bilinear"`` (anomalib PatchCore's interpolation, the drop-in
             for PatchCore). Saved with the checkpoint and computed by exported models.
+        cache_predictions (bool): Reuse a sample's raw score and map when the same input is scored again with the
+            same memory bank, backbone and settings (on CPU) — ``anomalib train`` validates and then tests the same
+            samples under anomalib's default ``val_split_mode`` for MVTec 3D-AD. Thresholds, metrics and
+            visualizations still run on every batch; the outputs are identical. ``False`` scores every batch.
         pre_processor (PreProcessor | bool): Pre-processor, or ``True`` for the default (resize to 224, ImageNet
             normalisation).
         post_processor (PostProcessor | bool): Post-processor, or ``True`` for the default.
@@ -131,6 +136,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
         coreset_method: str = "pruned",
         preset: str = "btm",
         feature_upsampling: str = "adaptive_avg_pool",
+        cache_predictions: bool = True,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -169,6 +175,8 @@ class BTM(MemoryBankMixin, AnomalibModule):
         self.max_bank_size = max_bank_size
         self.coreset_chunk_size = coreset_chunk_size
         self.coreset_method = coreset_method
+        self.cache_predictions = cache_predictions
+        self.prediction_cache = PredictionCache()
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -266,6 +274,7 @@ class BTM(MemoryBankMixin, AnomalibModule):
     def on_fit_start(self) -> None:
         """Before the first batch: the backbone's ``pre_trained`` weights, then every file of every split."""
         self.model.load_pretrained_weights()  # no-op when a checkpoint supplied them (restored before this hook)
+        self.prediction_cache.clear()
         self.__dict__["_verified_files"] = set()
         self._check_files("train_data", "val_data", "test_data")
 
@@ -409,8 +418,21 @@ class BTM(MemoryBankMixin, AnomalibModule):
             STEP_OUTPUT: The batch with predictions.
         """
         del args, kwargs
-        predictions = self.model(*self._inputs(batch))
+        predictions = self._predict(*self._inputs(batch))
         return batch.update(**predictions._asdict())
+
+    def _predict(self, image: torch.Tensor, xyz: torch.Tensor | None) -> InferenceBatch:
+        """The model's raw predictions, reused for samples already scored in this state (see ``cache_predictions``)."""
+        if not self.cache_predictions or image.device.type != "cpu" or (xyz is not None and xyz.device.type != "cpu"):
+            return self.model(image, xyz)
+        token = model_token(self.model)
+        keys = sample_keys(image, xyz)
+        cached = self.prediction_cache.lookup(token, keys)
+        if cached is not None:
+            return cached
+        predictions = self.model(image, xyz)
+        self.prediction_cache.store(token, keys, predictions)
+        return predictions
 
     def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
         """Score a test batch (see :meth:`validation_step`).
@@ -441,6 +463,12 @@ class BTM(MemoryBankMixin, AnomalibModule):
     def on_test_end(self) -> None:
         """Log the accumulated per-phase timings."""
         logger.info("BTM timings:\n%s", self.model.timer.summary())
+        if self.prediction_cache.hits:
+            logger.info(
+                "BTM reused the raw predictions of %d sample(s) scored earlier with the same memory bank and inputs "
+                "(cache_predictions=True).",
+                self.prediction_cache.hits,
+            )
 
     def forward(self, batch: torch.Tensor, xyz: torch.Tensor | None = None, *args, **kwargs) -> InferenceBatch:  # noqa: ANN002, ANN003
         """Whole inference pipeline on raw inputs: pre-processor, model, post-processor (what an export computes).
