@@ -989,8 +989,8 @@ def _spfh_rows(
             for c in range(6):
                 gathered[c, at] = gathered[c, m]
         # Pair features and their bins: the arithmetic of fpfh_numba._spfh_rows, written out again on purpose: an
-        # njit helper that returns the three features as a tuple stops LLVM vectorising the loop (measured: window
-        # kernels 153 -> 314 ms, k-NN kernels 225 -> 300 ms per cloud, one thread).
+        # njit helper that returns the three features as a tuple stops LLVM vectorising the loop (measured with
+        # benchmarks/fpfh.py: both kernel families got markedly slower).
         for j in range(m):
             dx, dy, dz = gx[j], gy[j], gz[j]
             n2x, n2y, n2z = hx[j], hy[j], hz[j]
@@ -1012,11 +1012,11 @@ def _spfh_rows(
             b1[j] = _bin_clamped(f1, -_ONE, _UNIT_SCALE)
             b2[j] = _bin_clamped(f2, -_ONE, _UNIT_SCALE)
         # The angle in a loop of its own: with its constants in the loop above, LLVM runs out of vector registers
-        # and reloads constants in every iteration (measured: SPFH 34 -> 30 ms per cloud, one thread).
+        # and reloads constants in every iteration (measured: the split loop is faster).
         for j in range(m):
             b0[j] = _bin_clamped(_atan2_one_division(ay[j], ax[j]), -_PI, _ANGLE_SCALE)
         # Histograms by one counting pass per bin (vectorised; a scatter of increments is slower, and so is writing
-        # the scaled counts to spfh inside this loop: measured 35 vs 50 ms per cloud).
+        # the scaled counts to spfh inside this loop, measured).
         for b in range(_NUM_BINS):
             c0 = c1 = c2 = 0
             for j in range(m):

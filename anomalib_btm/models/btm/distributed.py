@@ -260,6 +260,22 @@ def skip_ddp_wrapper(strategy: DDPStrategy) -> None:
     strategy.configure_ddp = configure_ddp  # type: ignore[method-assign]
 
 
+_LOADER_SETTINGS = (
+    "batch_size",
+    "num_workers",
+    "collate_fn",
+    "pin_memory",
+    "drop_last",
+    "timeout",
+    "worker_init_fn",
+    "persistent_workers",
+    "multiprocessing_context",
+    "generator",
+    "prefetch_factor",
+)
+"""The DataLoader settings an evaluation loader keeps when its sampler is replaced."""
+
+
 def _unpadded(make: Callable[[], Any], num_replicas: int, rank: int) -> Callable[[], Any]:
     """Wrap a datamodule's dataloader method: its ordered dataloaders get Lightning's ``UnrepeatedDistributedSampler``.
 
@@ -277,21 +293,8 @@ def _unpadded(make: Callable[[], Any], num_replicas: int, rank: int) -> Callable
             return loader  # shuffled, custom or already distributed: Lightning's choice stands
         if loader.batch_size is None:
             return loader
-        return DataLoader(
-            loader.dataset,
-            batch_size=loader.batch_size,
-            sampler=UnrepeatedDistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=False),
-            num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
-            pin_memory=loader.pin_memory,
-            drop_last=loader.drop_last,
-            timeout=loader.timeout,
-            worker_init_fn=loader.worker_init_fn,
-            persistent_workers=loader.persistent_workers,
-            multiprocessing_context=loader.multiprocessing_context,
-            generator=loader.generator,
-            prefetch_factor=loader.prefetch_factor,
-        )
+        sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        return DataLoader(loader.dataset, sampler=sampler, **{name: getattr(loader, name) for name in _LOADER_SETTINGS})
 
     def wrapped() -> Any:
         loaders = make()
