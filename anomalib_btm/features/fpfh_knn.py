@@ -41,6 +41,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from anomalib_btm.features.fpfh_math import _pair_feature_bins, smallest_eigenvector
 from anomalib_btm.features.fpfh_numba import (
     _ANGLE_SCALE,
     _F32,
@@ -1244,8 +1245,6 @@ def _normals_torch(
     points: torch.Tensor, neighbours: torch.Tensor, found: torch.Tensor, k: int, camera: bool
 ) -> torch.Tensor:
     """Normals ``(N, 3)`` from the first ``k`` (sorted) neighbours that lie within the normal radius."""
-    from anomalib_btm.features.fpfh_torch import smallest_eigenvector
-
     selected = found[:, :k]
     offsets = points[neighbours[:, :k]] - points[:, None]
     offsets = torch.where(selected[..., None], offsets, torch.zeros_like(offsets))
@@ -1269,8 +1268,6 @@ def _fpfh_points_torch(
     points: torch.Tensor, voxel_size: float, max_nn: int, normal_max_nn: int, camera: bool
 ) -> torch.Tensor:
     """FPFH ``(N, 33)`` of points ``(N, 3)`` with the brute-force search."""
-    from anomalib_btm.features.fpfh_torch import _pair_feature_bins
-
     n = points.shape[0]
     normal_radius, radius = 2.0 * voxel_size, 5.0 * voxel_size
     neighbours, distances, found = knn_search_torch(points, max(max_nn, normal_max_nn), max(radius, normal_radius))
