@@ -46,8 +46,10 @@ def sample_keys(image: torch.Tensor, xyz: torch.Tensor | None) -> list[bytes]:
             if tensor is None:
                 digest.update(b"none")
                 continue
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16: hash the same bytes as int16
+                tensor = tensor.view(torch.int16)
             array = tensor.detach().contiguous().numpy()
-            digest.update(f"{array.dtype}{array.shape}".encode())
             digest.update(memoryview(array).cast("B"))
         keys.append(digest.digest())
     return keys

@@ -29,6 +29,8 @@ def test_sample_keys_follow_the_input_bytes() -> None:
     assert sample_keys(image, changed)[1] != keys[1]
     assert sample_keys(image, None) != keys
     assert sample_keys(image.double(), xyz) != keys  # dtype is part of the key
+    half = image.to(torch.bfloat16)
+    assert sample_keys(half, None) == sample_keys(half.clone(), None) != sample_keys(half.half(), None)
 
 
 def test_model_token_changes_with_the_bank_and_the_settings() -> None:
