@@ -72,6 +72,11 @@ def inner_products(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """
     if not _numpy_matmul_eligible(queries, bank):
         return queries @ bank.T
+    return _numpy_products(queries, bank)
+
+
+def _numpy_products(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """``queries @ bank.T`` in NumPy's BLAS on torch's thread count (callers check eligibility)."""
     with _blas_controller().limit(limits=torch.get_num_threads(), user_api="blas"):
         return torch.from_numpy(queries.detach().numpy() @ bank.detach().numpy().T)
 
@@ -93,7 +98,7 @@ def squared_distances(
         bank_sq_norms = bank.pow(2).sum(dim=1)
     q_sq = queries.pow(2).sum(dim=1, keepdim=True)
     if _numpy_matmul_eligible(queries, bank):
-        dist = inner_products(queries, bank).mul_(-2.0).add_(q_sq).add_(bank_sq_norms.unsqueeze(0))
+        dist = _numpy_products(queries, bank).mul_(-2.0).add_(q_sq).add_(bank_sq_norms.unsqueeze(0))
         return dist.clamp_min_(0.0)
     dist = torch.addmm(q_sq + bank_sq_norms.unsqueeze(0), queries, bank.T, beta=1.0, alpha=-2.0)
     return dist.clamp_min(0.0)
