@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from anomalib_btm.checks import check_choice
+from anomalib_btm.features.fpfh_math import pool_separable
 
 __all__ = [
     "FPFH_BACKENDS",
@@ -182,6 +183,8 @@ def compute_fpfh(
     xyz: torch.Tensor,
     backend: str = "torch",
     voxel_size: float = 0.05,
+    *,
+    pooling: tuple[torch.Tensor, torch.Tensor] | None = None,
     **torch_options: Any,
 ) -> torch.Tensor:
     """Compute FPFH descriptors of a batch of organized point clouds.
@@ -200,10 +203,15 @@ def compute_fpfh(
             default, or ``"camera"``), ``max_nn``, ``normal_max_nn``, ``batch_chunk``, ``cpu_kernel`` (``False``:
             torch instead of the fused CPU kernels) and, for ``search="window"``, ``window`` (11),
             ``normal_window`` (7), ``selection`` (``"fast"`` or ``"exact"``), ``passes`` and ``compile``.
+        pooling: A separable linear pooling ``(P_rows (h, H), P_columns (w, W))`` to apply to the maps
+            (:func:`~anomalib_btm.features.fpfh_math.pool_separable`; BTM's patch pooling is
+            :meth:`XYZBranch.pooling <anomalib_btm.models.btm.feature_branches.XYZBranch.pooling>`). The fused
+            k-NN kernels pool as they go and never write the full map. ``None``: the maps themselves.
 
     Returns:
         Float32 tensor ``(B, 33, H, W)`` on the device of ``xyz``: the FPFH of each valid point (each
-        11-bin group sums to 200 once a point has neighbours) and zeros at missing points.
+        11-bin group sums to 200 once a point has neighbours) and zeros at missing points; with ``pooling``
+        the pooled maps ``(B, 33, h, w)``.
 
     Raises:
         ValueError: If ``xyz`` has the wrong shape or non-finite values, if ``backend`` is unknown, or if
@@ -216,8 +224,15 @@ def compute_fpfh(
     """
     check_fpfh_arguments(backend, voxel_size, torch_options)
     _check_xyz(xyz)
+    if pooling is not None and (pooling[0].shape[-1], pooling[1].shape[-1]) != tuple(xyz.shape[-2:]):
+        msg = (
+            f"`pooling` matrices take maps of {pooling[0].shape[-1]}×{pooling[1].shape[-1]} pixels but the clouds are "
+            f"{xyz.shape[-2]}×{xyz.shape[-1]}: build them for the clouds' size."
+        )
+        raise ValueError(msg)
     if backend == "open3d":
-        return compute_fpfh_open3d(xyz, voxel_size=voxel_size)
+        maps = compute_fpfh_open3d(xyz, voxel_size=voxel_size)
+        return maps if pooling is None else pool_separable(maps, pooling)
     from anomalib_btm.features.fpfh_torch import fpfh_torch
 
-    return fpfh_torch(xyz, voxel_size=voxel_size, **torch_options)
+    return fpfh_torch(xyz, voxel_size=voxel_size, pooling=pooling, **torch_options)

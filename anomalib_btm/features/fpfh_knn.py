@@ -92,6 +92,13 @@ _OUT_BLOCK = 256
 """Points whose FPFH are staged point by point before they are written to the output planes channel by channel."""
 
 
+def _chunk_bounds(rows: int) -> list[int]:
+    """Row bounds of the chunks :func:`_run_chunks` splits ``rows`` into."""
+    threads = max(1, torch.get_num_threads())
+    chunks = 1 if threads == 1 or rows < 2 else min(rows, _CHUNKS_PER_THREAD * threads)
+    return [rows * index // chunks for index in range(chunks + 1)]
+
+
 def _run_chunks(kernel: Callable[..., None], rows: int, *args: object) -> None:
     """Run ``kernel(start, stop, *args)`` over ``rows`` on ``torch.get_num_threads()`` threads, in small chunks.
 
@@ -99,13 +106,12 @@ def _run_chunks(kernel: Callable[..., None], rows: int, *args: object) -> None:
     processes take a core part of the time, threads do not run alike, and :data:`_CHUNKS_PER_THREAD` chunks per
     thread, taken in turn from the pool's queue, leave the others at most a small chunk to wait for at the end.
     """
-    threads = max(1, torch.get_num_threads())
-    if threads == 1 or rows < 2:
+    bounds = _chunk_bounds(rows)
+    if len(bounds) == 2:
         kernel(0, rows, *args)
         return
-    pool = _pool(threads)
-    chunks = min(rows, _CHUNKS_PER_THREAD * threads)
-    bounds = [rows * index // chunks for index in range(chunks + 1)]
+    pool = _pool(max(1, torch.get_num_threads()))
+    chunks = len(bounds) - 1
     futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(chunks)]
     for future in futures:
         future.result()
@@ -529,6 +535,7 @@ def _knn_rows(
     squared = np.empty(n + _LANES, dtype)  # read in blocks of eight (_compact_at_most)
     scratch = np.empty(n, dtype)
     found = np.empty(n + _LANES, np.uint32)  # unsigned: no negative-index wraparound in the gathers
+    offsets = np.empty((3, k), dtype)  # the neighbours' offsets from the query, for the normal
     pending = np.empty(n, np.int64)
     low = np.empty(3, np.float64)
     high = np.empty(3, np.float64)
@@ -567,8 +574,9 @@ def _knn_rows(
                     continue
                 q = sorted_index[t]
                 previous_normal_kth = _neighbours_and_normal(
-                    q, qx, qy, qz, candidates, candidate_index, squared, m, take, normal_k, normal_radius2,
-                    previous_normal_kth, camera, scratch, found, neighbours, distances, counts, points_normals
+                    q, qx, qy, qz, candidates, candidate_index, squared, take, normal_k, normal_radius2,
+                    previous_normal_kth, camera, scratch, found, offsets, neighbours, distances, counts,
+                    points_normals
                 )  # fmt: skip
                 if take == k:
                     previous_kth = kth
@@ -589,7 +597,6 @@ def _neighbours_and_normal(
     candidates: np.ndarray,
     candidate_index: np.ndarray,
     squared: np.ndarray,
-    m: int,
     take: int,
     normal_k: int,
     normal_radius2: float,
@@ -597,6 +604,7 @@ def _neighbours_and_normal(
     camera: bool,
     scratch: np.ndarray,
     found: np.ndarray,
+    offsets: np.ndarray,
     neighbours: np.ndarray,
     distances: np.ndarray,
     counts: np.ndarray,
@@ -605,22 +613,28 @@ def _neighbours_and_normal(
     """Write the neighbour list (candidates at ``found[:take]``) and normal of ``q``; the normal's distance threshold.
 
     The normal's neighbourhood, the ``normal_k`` nearest within the normal radius, is selected among the neighbours
-    (the nearest ``take`` contain it, :func:`_kth_distance`); its covariance is summed over the candidates at most
+    (the nearest ``take`` contain it, :func:`_kth_distance`); its covariance is summed over the neighbours at most
     that far (ties at the normal's ``k``-th distance beyond ``normal_k`` are dropped in storage order, a second pass
-    only when there are). The threshold is the next query's first guess.
+    only when there are). The neighbours' offsets are copied beside the list as it is written, so that the sums run
+    over ``take`` contiguous values in storage order: the same order whatever the candidates gathered (their number
+    depends on the reach, which depends on the previous cell of the thread's chunk), so the normals, and with them
+    the FPFH, do not depend on the number of threads. The threshold is the next query's first guess.
     """
     row, row_squared = neighbours[q], distances[q]
     for j in range(take):
         position = found[j]
         row[j] = candidate_index[position]
         row_squared[j] = squared[position]
+        offsets[0, j] = candidates[0, position] - qx
+        offsets[1, j] = candidates[1, position] - qy
+        offsets[2, j] = candidates[2, position] - qz
     counts[q] = take
     normal_kth, normal_take = _kth_distance(row_squared, take, normal_k, normal_radius2, previous_normal_kth,
                                             scratch)  # fmt: skip
-    moments = _moments(candidates, squared, m, qx, qy, qz, normal_kth, m + 1)
+    moments = _moments(offsets, row_squared, take, normal_kth, take + 1)
     if moments[0] > _F32(normal_take):
-        ties = normal_take - _count_below(squared, m, normal_kth)
-        moments = _moments(candidates, squared, m, qx, qy, qz, normal_kth, ties)
+        ties = normal_take - _count_below(row_squared, take, normal_kth)
+        moments = _moments(offsets, row_squared, take, normal_kth, ties)
     s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = moments
     if s0 >= _F32(3.0):
         inv = _ONE / s0
@@ -645,26 +659,23 @@ def _neighbours_and_normal(
 
 @njit(**_JIT_SUMS)
 def _moments(
-    candidates: np.ndarray,
+    offsets: np.ndarray,
     squared: np.ndarray,
     m: int,
-    qx: float,
-    qy: float,
-    qz: float,
     threshold: float,
     ties: int,
 ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
-    """Count, first and second moments of the offsets of the candidates at most ``threshold`` from the query.
+    """Count, first and second moments of the first ``m`` offsets ``(3, >= m)`` with ``squared`` at most ``threshold``.
 
-    Candidates at exactly ``threshold`` count only while ``ties`` last (storage order): with ``ties > m`` the loop is
+    Offsets at exactly ``threshold`` count only while ``ties`` last (storage order): with ``ties > m`` the loop is
     branch-free and vectorised (reassociated float32 sums), else it keeps a running count of ties.
     """
-    cx, cy, cz, cs = candidates[0, :m], candidates[1, :m], candidates[2, :m], squared[:m]
+    cx, cy, cz, cs = offsets[0, :m], offsets[1, :m], offsets[2, :m], squared[:m]
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = _ZERO
     if ties > m:
         for t in range(m):
             keep = _ONE if cs[t] <= threshold else _ZERO
-            dx, dy, dz = cx[t] - qx, cy[t] - qy, cz[t] - qz
+            dx, dy, dz = cx[t], cy[t], cz[t]
             s0 += keep
             s1 += keep * dx
             s2 += keep * dy
@@ -680,7 +691,7 @@ def _moments(
         tie = cs[t] == threshold and ties > 0
         ties -= 1 if tie else 0
         keep = _ONE if (cs[t] < threshold or tie) else _ZERO
-        dx, dy, dz = cx[t] - qx, cy[t] - qy, cz[t] - qz
+        dx, dy, dz = cx[t], cy[t], cz[t]
         s0 += keep
         s1 += keep * dx
         s2 += keep * dy
@@ -1017,7 +1028,8 @@ def _spfh_rows(
         for j in range(m):
             b0[j] = _bin_clamped(_atan2_one_division(ay[j], ax[j]), -_PI, _ANGLE_SCALE)
         # Histograms by one counting pass per bin (vectorised; a scatter of increments is slower, and so is writing
-        # the scaled counts to spfh inside this loop, measured).
+        # the scaled counts to spfh inside this loop, and so are comparisons of 32 int8 bins at a time in 11
+        # registers, measured).
         for b in range(_NUM_BINS):
             c0 = c1 = c2 = 0
             for j in range(m):
@@ -1166,6 +1178,121 @@ def _fpfh_rows(
                 plane[pixel[q]] = staged[q - block, b]
 
 
+@njit(**_JIT)
+def _fpfh_pooled_rows(
+    first: int,
+    last: int,
+    neighbours: np.ndarray,
+    distances: np.ndarray,
+    counts: np.ndarray,
+    spfh: np.ndarray,
+    pixel: np.ndarray,
+    width: int,
+    row_cells: np.ndarray,
+    row_weights: np.ndarray,
+    column_cells: np.ndarray,
+    column_weights: np.ndarray,
+    chunk_bounds: np.ndarray,
+    band_first: np.ndarray,
+    bands: np.ndarray,
+) -> None:
+    """:func:`_fpfh_rows`, each point's FPFH added straight into the patch cells it is pooled into.
+
+    Point ``q`` at pixel ``(y, x)`` adds ``row_weights[y, a] * column_weights[x, b]`` times its FPFH to cell
+    ``(row_cells[y, a], column_cells[x, b])`` for every pair of taps (:func:`_pooling_taps`). The chunk that starts
+    at ``first`` (its number found in ``chunk_bounds``) owns ``bands[chunk]`` ``(rows, columns, 33)``: cell rows
+    from ``band_first[chunk]`` on, so that chunks running at once never add to the same memory.
+    """
+    channels = 3 * _NUM_BINS
+    band = bands[np.searchsorted(chunk_bounds, first)]
+    origin = band_first[np.searchsorted(chunk_bounds, first)]
+    k = neighbours.shape[1]
+    total = np.empty(_TABLE_WIDTH, np.float32)
+    weight = np.empty(k + 1, np.float32)
+    index = np.empty(k + 1, np.uint32)  # unsigned: no negative-index wraparound
+    own = np.empty(_TABLE_WIDTH, np.float32)
+    for q in range(first, last):
+        row, row_squared = neighbours[q], distances[q]
+        count = counts[q]
+        m = 0
+        for j in range(count):
+            s = row[j]
+            d = row_squared[j]
+            m += 0 if s == q else 1
+            weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO
+            index[j] = s
+        if m == 0:
+            continue  # no neighbour: a zero FPFH adds nothing
+        weight[count] = _ZERO
+        index[count] = q
+        _weighted_rows(spfh, index, weight, count, total)
+        for group in range(3):
+            group_sum = _ZERO
+            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+                group_sum += total[b]
+            scale = _safe_div(_HUNDRED, group_sum)
+            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+                own[b] = total[b] * scale + spfh[q, b]
+        y, x = pixel[q] // width, pixel[q] % width
+        for a in range(row_cells.shape[1]):
+            row_weight = row_weights[y, a]
+            if row_weight == _ZERO:
+                continue
+            cells = band[row_cells[y, a] - origin]
+            for b in range(column_cells.shape[1]):
+                w = row_weight * column_weights[x, b]
+                if w == _ZERO:
+                    continue
+                cell = cells[column_cells[x, b]]
+                for c in range(channels):
+                    cell[c] += w * own[c]
+
+
+def _pooling_taps(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zero entries of each column of a pooling matrix ``(cells, pixels)``: cells and weights ``(pixels, T)``.
+
+    ``T`` is the largest number of cells a pixel is pooled into; shorter columns are padded with weight 0.
+    """
+    matrix = np.asarray(matrix, np.float64)
+    nonzero = matrix != 0
+    taps = max(int(nonzero.sum(axis=0).max()), 1)
+    cells = np.zeros((matrix.shape[1], taps), np.int32)
+    weights = np.zeros((matrix.shape[1], taps), np.float32)
+    for pixel in range(matrix.shape[1]):
+        rows = np.flatnonzero(nonzero[:, pixel])
+        cells[pixel, : rows.size] = rows
+        cells[pixel, rows.size :] = rows[0] if rows.size else 0
+        weights[pixel, : rows.size] = matrix[rows, pixel]
+    return cells, weights
+
+
+def _pooled_fpfh(
+    neighbours: np.ndarray,
+    distances: np.ndarray,
+    counts: np.ndarray,
+    spfh: np.ndarray,
+    pixel: np.ndarray,
+    width: int,
+    rows: tuple[np.ndarray, np.ndarray],
+    columns: tuple[np.ndarray, np.ndarray],
+    out: np.ndarray,
+) -> None:
+    """Pooled FPFH of one cloud into ``out`` ``(33, h, w)``: chunks add into their own bands, which are then summed."""
+    n = counts.shape[0]
+    bounds = _chunk_bounds(n)
+    row_cells, row_weights = rows
+    first_row = pixel[np.asarray(bounds[:-1])] // width
+    last_row = pixel[np.asarray(bounds[1:]) - 1] // width
+    band_first = row_cells[first_row].min(axis=1).astype(np.int64)
+    band_rows = int((row_cells[last_row].max(axis=1) - band_first).max()) + 1
+    bands = np.zeros((len(bounds) - 1, band_rows, out.shape[2], out.shape[0]), np.float32)
+    _run_chunks(_fpfh_pooled_rows, n, neighbours, distances, counts, spfh, pixel, width, row_cells, row_weights,
+                *columns, np.asarray(bounds, np.int64), band_first, bands)  # fmt: skip
+    for chunk, first in enumerate(band_first):
+        stop = min(first + band_rows, out.shape[1])
+        out[:, first:stop] += bands[chunk, : stop - first].transpose(2, 0, 1)
+
+
 def fpfh_knn_numba(
     xyz: torch.Tensor,
     voxel_size: float,
@@ -1173,6 +1300,7 @@ def fpfh_knn_numba(
     max_nn: int,
     normal_max_nn: int,
     normal_orientation: str,
+    pooling: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """FPFH of float32 CPU clouds ``(B, 3, H, W)`` over exact k-nearest neighbourhoods (fused kernels).
 
@@ -1185,14 +1313,22 @@ def fpfh_knn_numba(
         max_nn: FPFH neighbourhood size including the point itself.
         normal_max_nn: Normal neighbourhood size including the point itself.
         normal_orientation: ``"camera"`` or ``"open3d"``.
+        pooling: Separable linear pooling ``(P_rows (h, H), P_columns (w, W))`` applied to the map
+            (:func:`anomalib_btm.features.fpfh_math.pool_separable`), fused: each point's FPFH is added into the
+            cells it is pooled into and the full map is never written. ``None``: the map itself.
 
     Returns:
-        FPFH ``(B, 33, H, W)`` float32, zero at missing points and points without neighbours.
+        FPFH ``(B, 33, H, W)`` float32, zero at missing points and points without neighbours; with ``pooling`` the
+        pooled map ``(B, 33, h, w)``.
     """
     # NumPy glue only (no torch operation between the kernels, see fpfh_numba); the serial parts are Numba too.
     clouds = np.ascontiguousarray(xyz.detach().cpu().numpy())
     batch, _, height, width = clouds.shape
-    out = np.zeros((batch, 3 * _NUM_BINS, height * width), np.float32)
+    if pooling is None:
+        out = np.zeros((batch, 3 * _NUM_BINS, height * width), np.float32)
+    else:
+        rows, columns = (_pooling_taps(matrix.detach().cpu().numpy()) for matrix in pooling)
+        out = np.zeros((batch, 3 * _NUM_BINS, pooling[0].shape[0], pooling[1].shape[0]), np.float32)
     for index in range(batch):
         pixel, points, bounds, spacing = _valid_points(clouds[index])
         n = points.shape[0]
@@ -1203,8 +1339,13 @@ def fpfh_knn_numba(
                                                                 normal_orientation == "camera", reuse=True)  # fmt: skip
         spfh = _reused((n, _TABLE_WIDTH), np.float32, "spfh")
         _run_chunks(_spfh_rows, n, points_normals, neighbours, counts, spfh)
-        _run_chunks(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
-    return torch.from_numpy(out.reshape(batch, 3 * _NUM_BINS, height, width))
+        if pooling is None:
+            _run_chunks(_fpfh_rows, n, neighbours, distances, counts, spfh, pixel, out[index])
+        else:
+            _pooled_fpfh(neighbours, distances, counts, spfh, pixel, width, rows, columns, out[index])
+    if pooling is None:
+        return torch.from_numpy(out.reshape(batch, 3 * _NUM_BINS, height, width))
+    return torch.from_numpy(out)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-__all__ = ["smallest_eigenvector"]
+__all__ = ["pool_separable", "smallest_eigenvector"]
 
 _NUM_BINS = 11
 """Bins per pair feature (Open3D's FPFH: 3 × 11 = 33)."""
@@ -236,3 +236,23 @@ def _pair_feature_bins(
     zero = torch.zeros_like(squared_distance)
     f0, f1, f2 = (torch.where(degenerate, zero, f) for f in (f0, f1, f2))
     return _bin(f0, -math.pi, math.pi), _bin(f1, -1.0, 1.0), _bin(f2, -1.0, 1.0)
+
+
+def pool_separable(maps: torch.Tensor, pooling: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Apply a separable linear pooling to maps: ``out[b, c] = P_rows @ maps[b, c] @ P_columns.T``.
+
+    Args:
+        maps (torch.Tensor): ``(B, C, H, W)`` maps.
+        pooling (tuple[torch.Tensor, torch.Tensor]): ``P_rows`` ``(h, H)`` and ``P_columns`` ``(w, W)``.
+
+    Returns:
+        torch.Tensor: ``(B, C, h, w)`` in the dtype of ``maps``.
+
+    Example:
+        >>> rows = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])  # 2 × 2 block means of a 4 × 4 map
+        >>> pool_separable(torch.arange(16.0).reshape(1, 1, 4, 4), (rows, rows))
+        tensor([[[[ 2.5000,  4.5000],
+                  [10.5000, 12.5000]]]])
+    """
+    rows, columns = (matrix.to(device=maps.device, dtype=maps.dtype) for matrix in pooling)
+    return torch.einsum("ih,bchw,jw->bcij", rows, maps, columns)

@@ -73,6 +73,7 @@ from anomalib_btm.features.fpfh_math import (
     _pair_feature_bins,
     _safe_div,
     _select,
+    pool_separable,
     smallest_eigenvector,
 )
 from anomalib_btm.tracing import capturing_graph
@@ -577,6 +578,7 @@ def fpfh_torch(
     compile: bool = False,
     batch_chunk: int | None = None,
     cpu_kernel: bool = True,
+    pooling: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """FPFH of organized clouds: Open3D's definition, with its k-nearest neighbourhoods or pixel windows.
 
@@ -607,10 +609,13 @@ def fpfh_torch(
             arithmetic, faster than the eager torch graph: ``benchmarks/fpfh.py`` measures both). Applies
             only where the graph is not needed: float32 (or lower precision) CPU input, no ``compile``, not while
             exporting, compiling or tracing, no gradient required. ``False``: always the torch graph.
+        pooling: A separable linear pooling ``(P_rows (h, H), P_columns (w, W))`` of the map
+            (:func:`~anomalib_btm.features.fpfh_math.pool_separable`): the k-NN kernels add each point into its
+            cells without writing the full map; elsewhere the map is pooled after. ``None``: the map itself.
 
     Returns:
         Float32 tensor ``(B, 33, H, W)`` on the device of ``xyz``: zeros at missing points and at points without
-        neighbours, else the FPFH (each 11-bin group sums to 200).
+        neighbours, else the FPFH (each 11-bin group sums to 200); ``(B, 33, h, w)`` with ``pooling``.
 
     Raises:
         ValueError: On invalid options, or ``compile=True`` with ``search="knn"``.
@@ -631,20 +636,28 @@ def fpfh_torch(
     if batch_chunk is not None and 0 < batch_chunk < xyz.shape[0]:
         return torch.cat(
             [
-                fpfh_torch(chunk, voxel_size, search=search, **options, compile=compile, cpu_kernel=cpu_kernel)
+                fpfh_torch(
+                    chunk, voxel_size, search=search, **options, compile=compile, cpu_kernel=cpu_kernel, pooling=pooling
+                )
                 for chunk in xyz.split(batch_chunk)
             ]
         )
     if xyz.dtype != torch.float64:
         xyz = xyz.float()
     graph = compile or capturing_graph()
-    if search == "knn" and not graph:
-        from anomalib_btm.features.fpfh_knn import fpfh_knn_numba, fpfh_knn_torch
+    if search == "knn" and not graph and cpu_kernel and _kernel_applies(xyz, compile):
+        from anomalib_btm.features.fpfh_knn import fpfh_knn_numba
 
-        knn_options = {"max_nn": max_nn, "normal_max_nn": normal_max_nn, "normal_orientation": normal_orientation}
-        if cpu_kernel and _kernel_applies(xyz, compile):
-            return fpfh_knn_numba(xyz, voxel_size, **knn_options)
-        return fpfh_knn_torch(xyz, voxel_size, **knn_options)
+        return fpfh_knn_numba(xyz, voxel_size, max_nn=max_nn, normal_max_nn=normal_max_nn,
+                              normal_orientation=normal_orientation, pooling=pooling)  # fmt: skip
+    if pooling is not None:
+        maps = fpfh_torch(xyz, voxel_size, search=search, **options, compile=compile, cpu_kernel=cpu_kernel)
+        return pool_separable(maps, pooling)
+    if search == "knn" and not graph:
+        from anomalib_btm.features.fpfh_knn import fpfh_knn_torch
+
+        return fpfh_knn_torch(xyz, voxel_size, max_nn=max_nn, normal_max_nn=normal_max_nn,
+                              normal_orientation=normal_orientation)  # fmt: skip
     if cpu_kernel and _kernel_applies(xyz, compile):
         from anomalib_btm.features.fpfh_numba import fpfh_numba
 

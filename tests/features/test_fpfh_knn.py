@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from anomalib_btm.data.synthetic import render_sample
 from anomalib_btm.features import compute_fpfh
 from anomalib_btm.features.fpfh_knn import knn_search, knn_search_torch
+from anomalib_btm.features.fpfh_math import pool_separable
 from anomalib_btm.features.fpfh_torch import FPFHTorch
+from anomalib_btm.models.btm.feature_branches import XYZBranch, patch_pooling
 from tests.features.test_fpfh import make_cloud, per_point_correlation
 
 
@@ -312,3 +314,36 @@ def test_compact_at_most_equals_numpy() -> None:
             found = np.full(m + 8, 12345, np.uint32)
             written = compact(values, m, np.float32(threshold), found)
             np.testing.assert_array_equal(found[:written], np.flatnonzero(values[:m] <= threshold))
+
+
+@pytest.mark.parametrize(("size", "grid", "padding"), [((64, 64), (8, 8), True), ((72, 56), (9, 7), False),
+                                                       ((60, 50), (13, 11), True)])  # fmt: skip
+def test_pooled_knn_fpfh_equals_the_pooled_map(size: tuple[int, int], grid: tuple[int, int], padding: bool) -> None:
+    # The fused kernels add each point into its patch cells (chunk bands summed after); the map pooled after agrees.
+    xyz = torch.cat([_sensor_cloud("ring60", 96, seed=5, working=size[0]), _sensor_cloud("dome", 96, seed=6,
+                                                                                         working=size[0])])  # fmt: skip
+    xyz = F.interpolate(xyz, size=size, mode="nearest")
+    xyz[1, :, : size[0] // 3] = 0  # missing rows: empty chunk bands and cells
+    pooling = patch_pooling(size, grid, padding)
+    expected = XYZBranch(patch_padding=padding).pool(compute_fpfh(xyz), grid)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            pooled = compute_fpfh(xyz, pooling=pooling)
+            assert pooled.shape == (2, 33, *grid)
+            torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(threads)
+    assert (expected[1, :, 0] == 0).all()
+    assert (expected[1] != 0).any()
+
+
+def test_pooling_applies_to_every_fpfh_path() -> None:
+    xyz = make_cloud(32, seed=7)[None]
+    pooling = patch_pooling((32, 32), (4, 4))
+    for backend, options in [("torch", {"cpu_kernel": False}), ("torch", {"search": "window"}), ("open3d", {})]:
+        expected = pool_separable(compute_fpfh(xyz, backend=backend, **options), pooling)
+        torch.testing.assert_close(compute_fpfh(xyz, backend=backend, pooling=pooling, **options), expected)
+    with pytest.raises(ValueError, match=r"matrices take maps of 64×64 pixels but the clouds are 32×32"):
+        compute_fpfh(xyz, pooling=patch_pooling((64, 64), (8, 8)))

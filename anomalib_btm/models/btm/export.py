@@ -8,11 +8,13 @@ FPFH descriptors are computed is the export option ``fpfh`` (``to_onnx(fpfh=...)
 {"fpfh": ...})``, ``anomalib export ... --onnx_kwargs '{"fpfh": "graph"}'``):
 
 * ``"inferencer"`` (default): the graph's inputs are ``image`` ``(N, 3, H, W)`` (RGB in ``[0, 1]``, any size: the
-  pre-processor resizes it inside the graph) and ``fpfh`` ``(N, 33, h, w)``, the FPFH map of the cloud at the working
-  size ``(h, w)``. :class:`~anomalib_btm.deploy.BTMInferencer` computes that map from the cloud with the model's own
-  FPFH — the fused CPU kernels of its k-NN search (or Open3D for an ``fpfh_backend="open3d"`` model) — and hides the
-  two stages: it reads what to compute from the IR itself (:class:`FPFHInput`, stored as the ONNX metadata entry
-  :data:`METADATA_KEY`, which OpenVINO keeps in the model's ``rt_info``). Scores equal the PyTorch model's, and
+  pre-processor resizes it inside the graph) and ``fpfh`` ``(N, 33, gh, gw)``, the FPFH patch features of the cloud:
+  its FPFH map at the working size pooled to the patch grid (or the map itself, ``(N, 33, H, W)``, for a
+  pre-processor that keeps the input size). :class:`~anomalib_btm.deploy.BTMInferencer` computes them from the cloud
+  with the model's own FPFH — the fused CPU kernels of its k-NN search, which pool as they go (or Open3D for an
+  ``fpfh_backend="open3d"`` model) — and hides the two stages: it reads what to compute from the IR itself
+  (:class:`FPFHInput`, stored as the ONNX metadata entry :data:`METADATA_KEY`, which OpenVINO keeps in the model's
+  ``rt_info``). Scores equal the PyTorch model's, and
   the IR is faster than the graph FPFH below (``benchmarks/export.py``).
 * ``"graph"``: the FPFH is part of the graph (inputs ``image`` and ``xyz`` ``(N, 3, Hx, Wx)``, the organized cloud in
   metres at its native size, resized with nearest-neighbour inside the graph), for runtimes without this package.
@@ -48,7 +50,7 @@ from anomalib_btm.checks import check_choice
 from anomalib_btm.features.fpfh import FPFH_BACKENDS, FPFH_DIM, compute_fpfh
 from anomalib_btm.features.fpfh_torch import FPFHTorch, check_torch_options
 from anomalib_btm.files import atomic_write
-from anomalib_btm.models.btm.feature_branches import resize_xyz
+from anomalib_btm.models.btm.feature_branches import patch_pooling, resize_xyz
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -87,7 +89,10 @@ GRAPH_INPUT_NAMES = ("image", "xyz")
 METADATA_KEY = "btm_fpfh_input"
 """ONNX metadata entry (OpenVINO ``rt_info`` path ``["framework", METADATA_KEY]``) holding :class:`FPFHInput`."""
 
-_METADATA_VERSION = 1
+_METADATA_VERSION = 2
+"""Version 2 adds ``grid`` and ``patch_padding`` (the FPFH input pooled to the patch grid)."""
+_METADATA_VERSIONS = (1, 2)
+"""Versions an inferencer reads: version 1 IRs take the full FPFH map and still run."""
 
 # FPFH options that only choose how eager PyTorch runs a stage (the result is the same).
 _RUN_OPTIONS = frozenset({"compile", "batch_chunk", "cpu_kernel"})
@@ -121,9 +126,10 @@ def export_input_names(modality: str, fpfh: str = "inferencer") -> list[str]:
 class FPFHInput:
     """What an inferencer computes for the ``fpfh`` input of an IR exported with ``fpfh="inferencer"``.
 
-    The computation of the model's :class:`~anomalib_btm.models.btm.feature_branches.XYZBranch` up to its pooling:
-    the cloud resized with nearest-neighbour to the working size, then
-    :func:`~anomalib_btm.features.fpfh.compute_fpfh` with the model's backend and options.
+    The computation of the model's :class:`~anomalib_btm.models.btm.feature_branches.XYZBranch`: the cloud resized
+    with nearest-neighbour to the working size, then :func:`~anomalib_btm.features.fpfh.compute_fpfh` with the
+    model's backend and options, pooled to the patch grid when the working size is fixed (the graph then starts from
+    the patch features, and the fused k-NN kernels never write the full map), else the full map.
 
     Args:
         backend (str): FPFH backend of the model (``"torch"`` or ``"open3d"``).
@@ -131,35 +137,44 @@ class FPFHInput:
         options (dict[str, Any]): Torch-backend options of the model (``search``, ``max_nn``...).
         working_size (tuple[int, int] | None): ``(h, w)`` the pre-processor resizes images to, or ``None`` when the
             working size is the input image's own size.
+        grid (tuple[int, int] | None): Patch grid the map is pooled to (:func:`~anomalib_btm.models.btm.
+            feature_branches.patch_pooling`), or ``None`` for the full map (always with a ``None`` working size).
+        patch_padding (bool): The model's 3 × 3 mean with padding (BTM) or without (BTF), for the pooling.
 
     Example:
         >>> spec = FPFHInput("torch", 0.05, {}, (64, 64))
         >>> spec(torch.zeros(1, 3, 32, 32), image_size=(32, 32)).shape
         torch.Size([1, 33, 64, 64])
+        >>> FPFHInput("torch", 0.05, {}, (64, 64), grid=(8, 8))(torch.zeros(1, 3, 32, 32), image_size=(32, 32)).shape
+        torch.Size([1, 33, 8, 8])
     """
 
     backend: str = "torch"
     voxel_size: float = 0.05
     options: dict[str, Any] = field(default_factory=dict)
     working_size: tuple[int, int] | None = None
+    grid: tuple[int, int] | None = None
+    patch_padding: bool = True
 
     def size_for(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Working size ``(h, w)`` for an input image of ``image_size``."""
         return self.working_size or (int(image_size[0]), int(image_size[1]))
 
     def __call__(self, xyz: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        """FPFH map ``(N, 33, h, w)`` of organized clouds ``(N, 3, Hx, Wx)`` (metres, zeros at missing points).
+        """FPFH input ``(N, 33, h, w)`` of organized clouds ``(N, 3, Hx, Wx)`` (metres, zeros at missing points).
 
         Args:
             xyz (torch.Tensor): Organized clouds, any size (resized to the working size as the model does).
             image_size (tuple[int, int]): ``(H, W)`` of the input images (used when the working size follows them).
 
         Returns:
-            torch.Tensor: Float32 FPFH map at the working size.
+            torch.Tensor: Float32 FPFH patch features on the :attr:`grid`, or the map at the working size.
         """
-        cloud = resize_xyz(xyz.float(), self.size_for(image_size))
+        size = self.size_for(image_size)
+        cloud = resize_xyz(xyz.float(), size)
         options = {name: value for name, value in self.options.items() if name != "compile"}
-        return compute_fpfh(cloud, backend=self.backend, voxel_size=self.voxel_size, **options)
+        pooling = None if self.grid is None else patch_pooling(size, self.grid, self.patch_padding)
+        return compute_fpfh(cloud, backend=self.backend, voxel_size=self.voxel_size, pooling=pooling, **options)
 
     def to_json(self) -> str:
         """Serialise (the IR's metadata entry)."""
@@ -169,6 +184,8 @@ class FPFHInput:
             "voxel_size": self.voxel_size,
             "options": self.options,
             "working_size": None if self.working_size is None else list(self.working_size),
+            "grid": None if self.grid is None else list(self.grid),
+            "patch_padding": self.patch_padding,
         }
         return json.dumps(record, sort_keys=True)
 
@@ -192,10 +209,10 @@ class FPFHInput:
             msg = f"{source}: the BTM metadata entry {METADATA_KEY!r} is not valid JSON ({error})."
             raise ValueError(msg) from error
         version = record.get("version") if isinstance(record, dict) else None
-        if version != _METADATA_VERSION:
+        if version not in _METADATA_VERSIONS:
             msg = (
-                f"{source}: unsupported BTM metadata {METADATA_KEY!r} (version {version!r}, expected "
-                f"{_METADATA_VERSION}); export the model again with this version of anomalib_btm."
+                f"{source}: unsupported BTM metadata {METADATA_KEY!r} (version {version!r}, expected one of "
+                f"{_METADATA_VERSIONS}); export the model again with this version of anomalib_btm."
             )
             raise ValueError(msg)
         backend, options = record.get("backend"), record.get("options") or {}
@@ -203,9 +220,14 @@ class FPFHInput:
             msg = f"{source}: BTM metadata names FPFH backend {backend!r} with options {options!r}."
             raise ValueError(msg)
         check_torch_options(options)
-        size = record.get("working_size")
+        size, grid = record.get("working_size"), record.get("grid")  # version 1: no grid (the full map)
         working_size = None if size is None else (int(size[0]), int(size[1]))
-        return cls(backend, float(record["voxel_size"]), options, working_size)
+        grid = None if grid is None else (int(grid[0]), int(grid[1]))
+        if grid is not None and working_size is None:
+            msg = f"{source}: BTM metadata pools the FPFH to a grid without a fixed working size."
+            raise ValueError(msg)
+        return cls(backend, float(record["voxel_size"]), options, working_size, grid,
+                   bool(record.get("patch_padding", True)))  # fmt: skip
 
 
 def _working_size(pre_processor: nn.Module | None) -> tuple[int, int] | None:
@@ -286,11 +308,14 @@ class BTMExportModule(nn.Module):
         self.fpfh: FPFHTorch | None = None
         self.fpfh_input: FPFHInput | None = None
         if self.xyz_branch is not None and fpfh == "inferencer":
+            working_size = _working_size(self.pre_processor)
             self.fpfh_input = FPFHInput(
                 self.xyz_branch.fpfh_backend,
                 float(self.xyz_branch.voxel_size),
                 dict(self.xyz_branch.fpfh_options),
-                _working_size(self.pre_processor),
+                working_size,
+                None if working_size is None else self._grid(working_size),
+                self.xyz_branch.patch_padding,
             )
         elif self.xyz_branch is not None:
             self.fpfh = self._graph_fpfh()
@@ -298,6 +323,15 @@ class BTMExportModule(nn.Module):
         self.anomaly_map_generator = model.anomaly_map_generator
         self.memory_bank: torch.Tensor
         self.register_buffer("memory_bank", model.memory_bank.detach().clone())
+
+    def _grid(self, working_size: tuple[int, int]) -> tuple[int, int]:
+        """The patch grid at a fixed working size: the RGB branch's first feature map, else an eighth of the size."""
+        if self.rgb_branch is None:
+            return working_size[0] // 8, working_size[1] // 8
+        with torch.no_grad():
+            device = next(self.rgb_branch.parameters(), torch.zeros(0)).device
+            shape = self.rgb_branch(torch.zeros(1, 3, *working_size, device=device)).shape
+        return int(shape[-2]), int(shape[-1])
 
     def _graph_fpfh(self) -> FPFHTorch:
         """The pixel-window torch FPFH that a ``fpfh="graph"`` export computes, with a warning where it differs."""
@@ -336,8 +370,9 @@ class BTMExportModule(nn.Module):
         Args:
             image (torch.Tensor): ``(N, 3, H, W)`` RGB images in ``[0, 1]`` (resized and normalised in the graph).
             xyz (torch.Tensor | None): The second input, required unless the model is RGB only: with
-                ``fpfh="inferencer"`` the FPFH map ``(N, 33, h, w)`` at the working size (:attr:`fpfh_input`
-                computes it from the cloud), with ``fpfh="graph"`` the organized clouds ``(N, 3, Hx, Wx)`` in
+                ``fpfh="inferencer"`` the FPFH patch features ``(N, 33, gh, gw)`` on the patch grid (the FPFH map
+                at the image size when the working size follows the image; :attr:`fpfh_input` computes either from
+                the cloud), with ``fpfh="graph"`` the organized clouds ``(N, 3, Hx, Wx)`` in
                 metres, zeros at missing points.
 
         Returns:
@@ -359,9 +394,11 @@ class BTMExportModule(nn.Module):
                 raise ValueError(msg)
             if self.fpfh is not None:
                 fpfh = self.fpfh(F.interpolate(xyz.float(), size=(height, width), mode="nearest"))
+                features.append(self.xyz_branch.pool(fpfh, grid))
+            elif self.fpfh_input is not None and self.fpfh_input.grid is not None:
+                features.append(xyz)  # pooled by the inferencer (FPFHInput.grid)
             else:
-                fpfh = xyz
-            features.append(self.xyz_branch.pool(fpfh, grid))
+                features.append(self.xyz_branch.pool(xyz, grid))
         embedding = torch.cat(features, dim=1) if len(features) > 1 else features[0]
         scores = self.scorer(embedding, self.memory_bank)
         anomaly_map = self.anomaly_map_generator(scores.patch_scores, (height, width))
@@ -421,9 +458,9 @@ def export_onnx(
     example: tuple[torch.Tensor, ...] = (torch.rand(2, 3, height, width),)
     dynamic_shapes: tuple[dict[int, Any], ...] = (image_axes,)
     if module.fpfh_input is not None:
-        # The FPFH map comes at the working size: fixed by a resizing pre-processor, else the image's own size.
+        # The FPFH input: patch features on the grid of a fixed working size, else the map at the image's own size.
         working = module.fpfh_input.working_size
-        example += (torch.rand(2, FPFH_DIM, *(working or (height, width))),)
+        example += (torch.rand(2, FPFH_DIM, *(module.fpfh_input.grid or working or (height, width))),)
         dynamic_shapes += ({0: batch} if working is not None else dict(image_axes),)
     elif module.xyz_branch is not None:
         cloud_axes = {0: batch, 2: torch.export.Dim("xyz_height", min=8), 3: torch.export.Dim("xyz_width", min=8)}

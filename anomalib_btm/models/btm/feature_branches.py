@@ -18,6 +18,7 @@ concatenated per patch into one memory-bank vector.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -330,6 +331,40 @@ class RGBBranch(nn.Module):
         )
 
 
+@functools.lru_cache(maxsize=16)
+def _pooling_matrix(length: int, cells: int, padding: int) -> torch.Tensor:
+    """One axis of :func:`patch_pooling`: 3-tap mean (zero padding counted), then adaptive mean to ``cells``."""
+    impulses = torch.eye(length, dtype=torch.float64)[:, None, :]  # one unit impulse per pixel
+    boxed = F.avg_pool1d(impulses, kernel_size=3, stride=1, padding=padding)
+    return F.adaptive_avg_pool1d(boxed, cells)[:, 0, :].T.contiguous()
+
+
+def patch_pooling(
+    size: tuple[int, int], grid: tuple[int, int], patch_padding: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`XYZBranch.pool` as a separable linear map: ``(P_rows (h, H), P_columns (w, W))``, float64.
+
+    The 3 × 3 mean (zero padding counted) and the pooling to the grid are both separable, so ``pool(fpfh, grid)``
+    equals :func:`~anomalib_btm.features.fpfh_math.pool_separable` of these matrices (up to rounding). The fused
+    FPFH kernels pool with them without writing the full map.
+
+    Args:
+        size (tuple[int, int]): ``(H, W)`` of the FPFH map (the working size).
+        grid (tuple[int, int]): Patch grid ``(h, w)``.
+        patch_padding (bool): The 3 × 3 mean with padding 1 (BTM) or without (BTF).
+
+    Returns:
+        tuple[torch.Tensor, torch.Tensor]: The row and column pooling matrices (cached: do not modify them).
+
+    Example:
+        >>> rows, columns = patch_pooling((224, 224), (28, 28))
+        >>> rows.shape, float(rows.sum())
+        (torch.Size([28, 224]), 27.9166...)
+    """
+    padding = 1 if patch_padding else 0
+    return _pooling_matrix(int(size[0]), int(grid[0]), padding), _pooling_matrix(int(size[1]), int(grid[1]), padding)
+
+
 class XYZBranch(nn.Module):
     """FPFH patch features of the organized point cloud.
 
@@ -357,6 +392,7 @@ class XYZBranch(nn.Module):
         self.fpfh_backend = fpfh_backend
         self.voxel_size = voxel_size
         self.fpfh_options = fpfh_options
+        self.patch_padding = patch_padding
         self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1 if patch_padding else 0)
 
     def forward(self, xyz: torch.Tensor, image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
@@ -371,8 +407,25 @@ class XYZBranch(nn.Module):
             torch.Tensor: ``(B, 33, h, w)`` patch features.
         """
         xyz = resize_xyz(xyz.float(), image_size)
-        fpfh = compute_fpfh(xyz, backend=self.fpfh_backend, voxel_size=self.voxel_size, **self.fpfh_options)
-        return self.pool(fpfh, grid)
+        if capturing_graph():  # a traced graph keeps the pooling layers
+            fpfh = compute_fpfh(xyz, backend=self.fpfh_backend, voxel_size=self.voxel_size, **self.fpfh_options)
+            return self.pool(fpfh, grid)
+        pooling = self.pooling(tuple(xyz.shape[-2:]), grid)
+        return compute_fpfh(
+            xyz, backend=self.fpfh_backend, voxel_size=self.voxel_size, pooling=pooling, **self.fpfh_options
+        )
+
+    def pooling(self, size: tuple[int, int], grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`pool` as a separable linear map (:func:`patch_pooling` with this branch's padding).
+
+        Args:
+            size (tuple[int, int]): ``(H, W)`` of the FPFH map (the working size).
+            grid (tuple[int, int]): Patch grid ``(h, w)``.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor]: The row and column pooling matrices.
+        """
+        return patch_pooling(size, grid, self.patch_padding)
 
     def pool(self, fpfh: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Patch features from a per-pixel FPFH map: 3 × 3 mean, then pooled to the patch grid.

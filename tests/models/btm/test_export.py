@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,13 @@ def test_inferencer_export_describes_the_models_own_fpfh(caplog: pytest.LogCaptu
         module = _export_module(model)
     assert module.fpfh is None  # no FPFH in the graph, and no warning about an approximation
     assert not caplog.text
-    assert module.fpfh_input == FPFHInput("torch", 0.05, options, (48, 40))
+    # A fixed working size: the inferencer pools to the RGB branch's grid (48 × 40 / 8), with the model's padding.
+    assert module.fpfh_input == FPFHInput("torch", 0.05, options, (48, 40), grid=(6, 5), patch_padding=True)
     assert FPFHInput.from_json(module.fpfh_input.to_json()) == module.fpfh_input
+    # IRs exported before the pooled input (metadata version 1) still describe their full-map input.
+    record = json.loads(module.fpfh_input.to_json())
+    record = {key: value for key, value in record.items() if key not in {"grid", "patch_padding"}} | {"version": 1}
+    assert FPFHInput.from_json(json.dumps(record)) == FPFHInput("torch", 0.05, options, (48, 40))
     open3d = _export_module(_fitted_stub("xyz", fpfh_backend="open3d")).fpfh_input
     assert open3d is not None
     assert open3d.backend == "open3d"  # the inferencer computes Open3D's FPFH, as the model does
@@ -178,7 +184,7 @@ def test_eager_inferencer_export_with_its_fpfh_input_equals_the_knn_model() -> N
     module = _export_module(model).eval()
     assert module.fpfh_input is not None
     fpfh = module.fpfh_input(xyz, (56, 48))
-    assert fpfh.shape == (2, 33, 40, 40)
+    assert fpfh.shape == (2, 33, 5, 5)  # pooled to the patch grid of the 40 × 40 working size
     with torch.no_grad():
         expected = model(image, xyz)
         actual = module(image, fpfh)
@@ -192,12 +198,12 @@ def test_eager_inferencer_export_with_its_fpfh_input_equals_the_knn_model() -> N
 @pytest.mark.slow
 def test_openvino_ir_matches_the_torch_model_on_the_test_set(exported_rgbxyz: dict) -> None:
     # The fixture's model uses the default k-NN FPFH; its IR (exported by `anomalib export`, fpfh="inferencer") takes
-    # the FPFH map, which BTMInferencer computes with the model's own kernels: the IR reproduces the model itself.
+    # the FPFH patch features, which BTMInferencer computes with the model's own kernels: the IR reproduces the model.
     model = BTM.load_from_checkpoint(exported_rgbxyz["checkpoint"]).eval()
     assert model.model.xyz_branch.fpfh_options.get("search", "knn") == "knn"
     inferencer = BTMInferencer(exported_rgbxyz["xml"])
     assert inferencer.input_names == ["image", "fpfh"]
-    assert inferencer.fpfh_input == FPFHInput("torch", 0.05, {}, (96, 96))
+    assert inferencer.fpfh_input == FPFHInput("torch", 0.05, {}, (96, 96), grid=(12, 12))  # pooled input
     assert sorted(next(iter(o.names)) for o in inferencer.model.outputs) == sorted(OUTPUTS)
     score_error, map_error, samples, anomalous = 0.0, 0.0, 0, 0
     for batch in _datamodule(exported_rgbxyz["root"]).test_dataloader():

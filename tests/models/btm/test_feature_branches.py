@@ -14,8 +14,9 @@ import torch
 from torch.nn import functional as F
 
 from anomalib_btm.features import compute_fpfh
+from anomalib_btm.features.fpfh_math import pool_separable
 from anomalib_btm.features.fpfh_torch import TORCH_OPTIONS, fpfh_torch
-from anomalib_btm.models.btm.feature_branches import RGBBranch, XYZBranch
+from anomalib_btm.models.btm.feature_branches import RGBBranch, XYZBranch, patch_pooling
 from anomalib_btm.weights import EFFICIENTNET_LITE0_BACKBONE, EFFICIENTNET_LITE0_LAYERS
 from tests.features.test_fpfh import make_cloud
 
@@ -88,8 +89,9 @@ def test_xyz_branch_bad_arguments() -> None:
 
 
 def test_torch_options_are_the_keyword_options_of_fpfh_torch() -> None:
-    # `fpfh_options` accepts exactly what `fpfh_torch` takes (besides the cloud and the voxel size).
-    parameters = set(inspect.signature(fpfh_torch).parameters) - {"xyz", "voxel_size"}
+    # `fpfh_options` accepts exactly what `fpfh_torch` takes (besides the cloud, the voxel size and the pooling,
+    # which XYZBranch sets from the grid).
+    parameters = set(inspect.signature(fpfh_torch).parameters) - {"xyz", "voxel_size", "pooling"}
     assert set(TORCH_OPTIONS) == parameters
 
 
@@ -100,7 +102,8 @@ def test_xyz_branch_passes_its_options_to_the_torch_fpfh() -> None:
     expected = branch.pool(compute_fpfh(xyz, backend="torch", **options), (28, 28))
     default = XYZBranch(fpfh_backend="torch")(xyz, (56, 56), (28, 28))
     out = branch(xyz, (56, 56), (28, 28))
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    # The branch pools with the separable matrices (XYZBranch.pooling): equal up to the order of the float sums.
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-4)
     assert not torch.allclose(out, default)  # the options change the features
 
 
@@ -149,3 +152,19 @@ def test_patch_mean_counts_the_zero_padding_at_the_borders_like_patchcore() -> N
 def test_unknown_feature_upsampling_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"feature_upsampling must be one of \('adaptive_avg_pool', 'bilinear'\)"):
         RGBBranch("resnet18", ("layer2", "layer3"), pre_trained=False, feature_upsampling="nearest")
+
+
+@pytest.mark.parametrize("padding", [True, False])
+@pytest.mark.parametrize(("size", "grid"), [((224, 224), (28, 28)), ((72, 88), (9, 11)), ((100, 90), (13, 11)),
+                                            ((16, 16), (32, 32))])  # fmt: skip
+def test_patch_pooling_is_the_branchs_pool_as_matrices(
+    size: tuple[int, int], grid: tuple[int, int], padding: bool
+) -> None:
+    # Integer and adaptive (overlapping bins) down-scaling, up-scaling, with and without the 3 × 3 mean's padding.
+    branch = XYZBranch(patch_padding=padding)
+    maps = torch.rand(2, 33, *size, dtype=torch.float64)
+    pooled = pool_separable(maps, branch.pooling(size, grid))
+    torch.testing.assert_close(pooled, branch.pool(maps, grid), rtol=0, atol=1e-12)
+    rows, columns = patch_pooling(size, grid, padding)
+    assert rows.shape == (grid[0], size[0])
+    assert columns.shape == (grid[1], size[1])
