@@ -31,6 +31,7 @@ real one:
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Callable
@@ -84,6 +85,8 @@ _SELECT_SMALL = 1
 compaction); a quickselect remains for ties and passes that run out."""
 _CHUNKS_PER_THREAD = 16
 """Row chunks per thread of each phase, taken in turn by the threads that are free (see :func:`_run_chunks`)."""
+_POOLED_CHUNKS = 32
+"""Chunks of the pooled FPFH phase, whatever the number of threads (see :func:`_pooled_fpfh`)."""
 _LANES = 8
 """Float32 lanes of the vectors of the LLVM IR kernels (AVX2; LLVM splits them on narrower targets)."""
 _TABLE_WIDTH = 5 * _LANES
@@ -99,18 +102,21 @@ def _chunk_bounds(rows: int) -> list[int]:
     return [rows * index // chunks for index in range(chunks + 1)]
 
 
-def _run_chunks(kernel: Callable[..., None], rows: int, *args: object) -> None:
+def _run_chunks(kernel: Callable[..., None], rows: int, *args: object, bounds: list[int] | None = None) -> None:
     """Run ``kernel(start, stop, *args)`` over ``rows`` on ``torch.get_num_threads()`` threads, in small chunks.
 
     Each phase ends with its slowest thread. On an idle machine chunks of equal rows cost about alike; where other
     processes take a core part of the time, threads do not run alike, and :data:`_CHUNKS_PER_THREAD` chunks per
     thread, taken in turn from the pool's queue, leave the others at most a small chunk to wait for at the end.
+    ``bounds`` fixes the chunks instead (one after the other on one thread).
     """
-    bounds = _chunk_bounds(rows)
-    if len(bounds) == 2:
-        kernel(0, rows, *args)
+    bounds = _chunk_bounds(rows) if bounds is None else bounds
+    threads = max(1, torch.get_num_threads())
+    if len(bounds) == 2 or threads == 1:
+        for first, stop in itertools.pairwise(bounds):
+            kernel(first, stop, *args)
         return
-    pool = _pool(max(1, torch.get_num_threads()))
+    pool = _pool(threads)
     chunks = len(bounds) - 1
     futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(chunks)]
     for future in futures:
@@ -1279,7 +1285,10 @@ def _pooled_fpfh(
 ) -> None:
     """Pooled FPFH of one cloud into ``out`` ``(33, h, w)``: chunks add into their own bands, which are then summed."""
     n = counts.shape[0]
-    bounds = _chunk_bounds(n)
+    # Chunks of the thread-independent size: each chunk sums its points in order and the bands are added in chunk
+    # order, so the float32 sums, and the pooled features, are the same on any number of threads.
+    chunks = min(n, _POOLED_CHUNKS)
+    bounds = [n * index // chunks for index in range(chunks + 1)]
     row_cells, row_weights = rows
     first_row = pixel[np.asarray(bounds[:-1])] // width
     last_row = pixel[np.asarray(bounds[1:]) - 1] // width
@@ -1287,7 +1296,7 @@ def _pooled_fpfh(
     band_rows = int((row_cells[last_row].max(axis=1) - band_first).max()) + 1
     bands = np.zeros((len(bounds) - 1, band_rows, out.shape[2], out.shape[0]), np.float32)
     _run_chunks(_fpfh_pooled_rows, n, neighbours, distances, counts, spfh, pixel, width, row_cells, row_weights,
-                *columns, np.asarray(bounds, np.int64), band_first, bands)  # fmt: skip
+                *columns, np.asarray(bounds, np.int64), band_first, bands, bounds=bounds)  # fmt: skip
     for chunk, first in enumerate(band_first):
         stop = min(first + band_rows, out.shape[1])
         out[:, first:stop] += bands[chunk, : stop - first].transpose(2, 0, 1)

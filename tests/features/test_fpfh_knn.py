@@ -327,14 +327,18 @@ def test_pooled_knn_fpfh_equals_the_pooled_map(size: tuple[int, int], grid: tupl
     pooling = patch_pooling(size, grid, padding)
     expected = XYZBranch(patch_padding=padding).pool(compute_fpfh(xyz), grid)
     threads = torch.get_num_threads()
+    results = []
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            pooled = compute_fpfh(xyz, pooling=pooling)
-            assert pooled.shape == (2, 33, *grid)
-            torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-4)
+            results.append(compute_fpfh(xyz, pooling=pooling))
     finally:
         torch.set_num_threads(threads)
+    assert results[0].shape == (2, 33, *grid)
+    torch.testing.assert_close(results[0], expected, rtol=1e-5, atol=1e-4)
+    # The same float sums on any number of threads (DDP ranks run one thread each and must build the same bank).
+    assert torch.equal(results[0], results[1])
+    assert torch.equal(results[0], results[2])
     assert (expected[1, :, 0] == 0).all()
     assert (expected[1] != 0).any()
 
