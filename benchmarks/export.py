@@ -11,9 +11,9 @@ shared machine falls on all rows alike. Rows:
 * PatchCore: PyTorch and its IR (static 1 × 3 × H × W: anomalib's dynamic PatchCore export cannot run batch 1);
 * BTM RGB: PyTorch and its IR in :class:`~anomalib_btm.deploy.BTMInferencer`;
 * BTM RGB + 3D (default k-NN FPFH): PyTorch; the IR with the FPFH computed by the inferencer (``fpfh="inferencer"``,
-  the default export: the fused CPU kernels, then the IR); the IR with the FPFH inside the graph (``fpfh="graph"``,
-  pixel windows); the INT8 IR (``int8_ptq`` of the default export, calibrated on the test split: latency only,
-  ``benchmarks/int8.py`` measures its accuracy).
+  the default export: the fused CPU kernels, which pool the FPFH to the patch grid as they go, then the IR); the IR
+  with the FPFH inside the graph (``fpfh="graph"``, pixel windows); the INT8 IR (``int8_ptq`` of the default export,
+  calibrated on the test split: latency only, ``benchmarks/int8.py`` measures its accuracy).
 
 PatchCore uses the same backbone and layers and the same coreset ratio, so the ratio column isolates what BTM adds
 (FPFH, the 33 extra bank dimensions). Then the throughput of ``BTMInferencer.predict_many`` (OpenVINO's THROUGHPUT
@@ -170,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         runs["BTM RGB + 3D | OpenVINO INT8 IR (int8_ptq), FPFH in BTMInferencer"] = lambda i: int8_inferencer.predict(
             images[i], clouds[i]
         )
-    # The FPFH stage alone, as BTMInferencer computes it (reading the TIFF included).
+    # The FPFH stage alone, as BTMInferencer computes it (reading the TIFF included): the k-NN kernels pool the FPFH
+    # to the patch grid as they go (the IR's `fpfh` input).
     spec = btm_inferencer.fpfh_input
     assert spec is not None
-    runs["(FPFH stage alone: XYZ TIFF → k-NN FPFH map, fused kernels)"] = lambda i: spec(
+    runs["(FPFH stage alone: XYZ TIFF → k-NN FPFH pooled to the patch grid, fused kernels)"] = lambda i: spec(
         torch.from_numpy(load_xyz(clouds[i])), (size, size)
     )
     log(f"timing {len(runs)} deployments in {args.repeats} alternating rounds")

@@ -215,7 +215,7 @@ class BTMInferencer:
         return len(self.input_names) == 2
 
     def feed(self, image: ImageInput, xyz: XYZInput | None = None) -> dict[str, np.ndarray]:
-        """The IR's inputs for a sample or batch: the images, and the clouds or their FPFH maps.
+        """The IR's inputs for a sample or batch: the images, and the clouds or their FPFH (patch features or maps).
 
         Args:
             image (ImageInput): RGB image(s) (see :func:`load_image`).

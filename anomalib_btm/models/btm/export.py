@@ -263,7 +263,7 @@ class BTMExportModule(nn.Module):
             or ``None`` for images that come resized and normalised.
         post_processor (nn.Module | None): The post-processor traced behind it (``BTM.post_processor``), or ``None``
             for raw scores.
-        fpfh (str): ``"inferencer" (default: the second input is the FPFH map, see :class:`FPFHInput`) or
+        fpfh (str): ``"inferencer" (default: the second input is the FPFH, see :class:`FPFHInput`) or
             ``"graph"`` (the second input is the cloud and the graph computes a pixel-window FPFH).
 
     Raises:
@@ -389,7 +389,7 @@ class BTMExportModule(nn.Module):
             grid = (int(rgb.shape[-2]), int(rgb.shape[-1]))
         if self.xyz_branch is not None:
             if xyz is None:
-                what = "the FPFH map `fpfh`" if self.fpfh is None else "the organized point cloud `xyz`"
+                what = "the FPFH input `fpfh`" if self.fpfh is None else "the organized point cloud `xyz`"
                 msg = f"This BTM uses modality {self.modality!r}: pass {what}."
                 raise ValueError(msg)
             if self.fpfh is not None:

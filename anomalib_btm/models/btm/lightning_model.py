@@ -496,10 +496,10 @@ class BTM(MemoryBankMixin, AnomalibModule):
     ) -> Path:
         """Export the whole pipeline to ONNX; RGB + 3D models get two inputs, ``image`` and ``fpfh``.
 
-        See :mod:`anomalib_btm.models.btm.export`: by default the FPFH map is an input that ``BTMInferencer``
-        computes with the model's own FPFH (``fpfh="graph"`` in ``kwargs``: inputs ``image`` and ``xyz``, window FPFH
-        in the graph). The batch axis is dynamic; so are the image's height and width unless ``input_size`` fixes
-        them. An RGB-only model exports anomalib's single input ``input``.
+        See :mod:`anomalib_btm.models.btm.export`: by default the FPFH patch features are an input that
+        ``BTMInferencer`` computes with the model's own FPFH (``fpfh="graph"`` in ``kwargs``: inputs ``image`` and
+        ``xyz``, window FPFH in the graph). The batch axis is dynamic; so are the image's height and width unless
+        ``input_size`` fixes them. An RGB-only model exports anomalib's single input ``input``.
 
         Args:
             export_root (Path | str): Output folder (the file goes to ``export_root/weights/onnx``).

@@ -191,7 +191,7 @@ def test_eager_inferencer_export_with_its_fpfh_input_equals_the_knn_model() -> N
     # The same k-NN FPFH as the model computes: equal, not approximately equal.
     torch.testing.assert_close(actual.pred_score, expected.pred_score, rtol=0, atol=0)
     torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="pass the FPFH map `fpfh`"):
+    with pytest.raises(ValueError, match="pass the FPFH input `fpfh`"):
         module(image)
 
 
