@@ -61,7 +61,9 @@ def resize_features(features: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     """Resize feature maps exactly as ``AdaptiveAvgPool2d(size)`` does, with export-friendly ops.
 
     Integer down-scaling is an average pool, integer up-scaling a replication (what adaptive average pooling
-    computes in both cases); other ratios fall back to ``adaptive_avg_pool2d``.
+    computes in both cases: nearest-neighbour interpolation, one ``Resize`` in ONNX, where ``repeat_interleave``
+    exports as an ``Expand`` that took OpenVINO 2.6 ms on the 1024 layer3 maps); other ratios fall back to
+    ``adaptive_avg_pool2d``.
 
     Args:
         features (torch.Tensor): ``(B, C, H, W)`` maps.
@@ -77,7 +79,7 @@ def resize_features(features: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     if in_h % out_h == 0 and in_w % out_w == 0:
         return F.avg_pool2d(features, kernel_size=(in_h // out_h, in_w // out_w))
     if out_h % in_h == 0 and out_w % in_w == 0:
-        return features.repeat_interleave(out_h // in_h, dim=-2).repeat_interleave(out_w // in_w, dim=-1)
+        return F.interpolate(features, size=(out_h, out_w), mode="nearest")
     return F.adaptive_avg_pool2d(features, (out_h, out_w))
 
 

@@ -77,6 +77,9 @@ def test_feature_resize_equals_adaptive_average_pooling() -> None:
     torch.testing.assert_close(resize_features(features, (28, 28)), F.adaptive_avg_pool2d(features, (28, 28)))
     small = torch.randn(2, 5, 14, 14)
     torch.testing.assert_close(resize_features(small, (28, 28)), F.adaptive_avg_pool2d(small, (28, 28)))
+    for factor in range(2, 9):  # integer up-scaling replicates exactly (nearest-neighbour interpolation)
+        up = resize_features(small[..., :13], (14 * factor, 13 * factor))
+        assert torch.equal(up, small[..., :13].repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1))
     odd = torch.randn(1, 3, 30, 17)
     torch.testing.assert_close(resize_features(odd, (28, 28)), F.adaptive_avg_pool2d(odd, (28, 28)))
 
