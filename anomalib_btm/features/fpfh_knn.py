@@ -1257,19 +1257,16 @@ def _fpfh_pooled_rows(
 def _pooling_taps(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The non-zero entries of each column of a pooling matrix ``(cells, pixels)``: cells and weights ``(pixels, T)``.
 
-    ``T`` is the largest number of cells a pixel is pooled into; shorter columns are padded with weight 0.
+    ``T`` is the largest number of cells a pixel is pooled into; shorter columns are padded with weight 0 (and their
+    first cell, which keeps the chunks' bands tight).
     """
     matrix = np.asarray(matrix, np.float64)
     nonzero = matrix != 0
-    taps = max(int(nonzero.sum(axis=0).max()), 1)
-    cells = np.zeros((matrix.shape[1], taps), np.int32)
-    weights = np.zeros((matrix.shape[1], taps), np.float32)
-    for pixel in range(matrix.shape[1]):
-        rows = np.flatnonzero(nonzero[:, pixel])
-        cells[pixel, : rows.size] = rows
-        cells[pixel, rows.size :] = rows[0] if rows.size else 0
-        weights[pixel, : rows.size] = matrix[rows, pixel]
-    return cells, weights
+    taps = max(int(nonzero.sum(axis=0).max(initial=0)), 1)
+    order = np.argsort(~nonzero, axis=0, kind="stable")[:taps]  # the non-zero rows first, in ascending order
+    weights = np.take_along_axis(matrix, order, axis=0).T.astype(np.float32)
+    cells = np.where(weights != 0, order.T, order.T[:, :1]).astype(np.int32)
+    return np.ascontiguousarray(cells), np.ascontiguousarray(weights)
 
 
 def _pooled_fpfh(
