@@ -1132,6 +1132,44 @@ def _weighted_rows(
 
 
 @njit(**_JIT)
+def _point_fpfh(
+    q: int,
+    neighbours: np.ndarray,
+    distances: np.ndarray,
+    counts: np.ndarray,
+    spfh: np.ndarray,
+    weight: np.ndarray,
+    index: np.ndarray,
+    total: np.ndarray,
+    own: np.ndarray,
+) -> bool:
+    """FPFH of point ``q`` into ``own[:33]`` (zero without neighbours); whether it has any neighbour.
+
+    ``weight`` and ``index`` (``k + 1``) and ``total`` (:data:`_TABLE_WIDTH`) are the caller's work arrays.
+    """
+    row, row_squared = neighbours[q], distances[q]
+    count = counts[q]
+    m = 0
+    for j in range(count):
+        s = row[j]
+        d = row_squared[j]
+        m += 0 if s == q else 1
+        weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself, coincident points: none
+        index[j] = s
+    weight[count] = _ZERO  # the pair padding of _weighted_rows
+    index[count] = q
+    _weighted_rows(spfh, index, weight, count, total)
+    for group in range(3):
+        group_sum = _ZERO
+        for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+            group_sum += total[b]
+        scale = _safe_div(_HUNDRED, group_sum)
+        for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
+            own[b] = total[b] * scale + spfh[q, b] if m > 0 else _ZERO
+    return m > 0
+
+
+@njit(**_JIT)
 def _fpfh_rows(
     first: int,
     last: int,
@@ -1158,26 +1196,7 @@ def _fpfh_rows(
     for block in range(first, last, _OUT_BLOCK):
         stop = min(block + _OUT_BLOCK, last)
         for q in range(block, stop):
-            row, row_squared = neighbours[q], distances[q]
-            count = counts[q]
-            m = 0
-            for j in range(count):
-                s = row[j]
-                d = row_squared[j]
-                m += 0 if s == q else 1
-                weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself, coincident points: none
-                index[j] = s
-            weight[count] = _ZERO  # the pair padding of _weighted_rows
-            index[count] = q
-            _weighted_rows(spfh, index, weight, count, total)
-            own = staged[q - block]
-            for group in range(3):
-                group_sum = _ZERO
-                for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
-                    group_sum += total[b]
-                scale = _safe_div(_HUNDRED, group_sum)
-                for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
-                    own[b] = total[b] * scale + spfh[q, b] if m > 0 else _ZERO
+            _point_fpfh(q, neighbours, distances, counts, spfh, weight, index, total, staged[q - block])
         for b in range(channels):
             plane = out[b]
             for q in range(block, stop):
@@ -1216,29 +1235,10 @@ def _fpfh_pooled_rows(
     total = np.empty(_TABLE_WIDTH, np.float32)
     weight = np.empty(k + 1, np.float32)
     index = np.empty(k + 1, np.uint32)  # unsigned: no negative-index wraparound
-    own = np.empty(_TABLE_WIDTH, np.float32)
+    own = np.empty(channels, np.float32)
     for q in range(first, last):
-        row, row_squared = neighbours[q], distances[q]
-        count = counts[q]
-        m = 0
-        for j in range(count):
-            s = row[j]
-            d = row_squared[j]
-            m += 0 if s == q else 1
-            weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO
-            index[j] = s
-        if m == 0:
+        if not _point_fpfh(q, neighbours, distances, counts, spfh, weight, index, total, own):
             continue  # no neighbour: a zero FPFH adds nothing
-        weight[count] = _ZERO
-        index[count] = q
-        _weighted_rows(spfh, index, weight, count, total)
-        for group in range(3):
-            group_sum = _ZERO
-            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
-                group_sum += total[b]
-            scale = _safe_div(_HUNDRED, group_sum)
-            for b in range(group * _NUM_BINS, (group + 1) * _NUM_BINS):
-                own[b] = total[b] * scale + spfh[q, b]
         y, x = pixel[q] // width, pixel[q] % width
         for a in range(row_cells.shape[1]):
             row_weight = row_weights[y, a]
