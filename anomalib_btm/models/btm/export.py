@@ -138,7 +138,8 @@ class FPFHInput:
         working_size (tuple[int, int] | None): ``(h, w)`` the pre-processor resizes images to, or ``None`` when the
             working size is the input image's own size.
         grid (tuple[int, int] | None): Patch grid the map is pooled to (:func:`~anomalib_btm.models.btm.
-            feature_branches.patch_pooling`), or ``None`` for the full map (always with a ``None`` working size).
+            feature_branches.patch_pooling`), or ``None`` for the full map (a working size that follows the image,
+            or an IR exported before the pooled input).
         patch_padding (bool): The model's 3 × 3 mean with padding (BTM) or without (BTF), for the pooling.
 
     Example:
@@ -224,7 +225,10 @@ class FPFHInput:
         working_size = None if size is None else (int(size[0]), int(size[1]))
         grid = None if grid is None else (int(grid[0]), int(grid[1]))
         if grid is not None and working_size is None:
-            msg = f"{source}: BTM metadata pools the FPFH to a grid without a fixed working size."
+            msg = (
+                f"{source}: the BTM metadata pools the FPFH to a grid but fixes no working size; export the model "
+                "again with this version of anomalib_btm."
+            )
             raise ValueError(msg)
         return cls(backend, float(record["voxel_size"]), options, working_size, grid,
                    bool(record.get("patch_padding", True)))  # fmt: skip
