@@ -95,10 +95,15 @@ _OUT_BLOCK = 256
 """Points whose FPFH are staged point by point before they are written to the output planes channel by channel."""
 
 
-def _chunk_bounds(rows: int) -> list[int]:
-    """Row bounds of the chunks :func:`_run_chunks` splits ``rows`` into."""
-    threads = max(1, torch.get_num_threads())
-    chunks = 1 if threads == 1 or rows < 2 else min(rows, _CHUNKS_PER_THREAD * threads)
+def _chunk_bounds(rows: int, chunks: int | None = None) -> list[int]:
+    """Row bounds of ``chunks`` near-equal chunks of ``rows`` (at most ``rows`` of them).
+
+    ``None``: the chunks :func:`_run_chunks` splits ``rows`` into by default, :data:`_CHUNKS_PER_THREAD` per thread.
+    """
+    if chunks is None:
+        threads = max(1, torch.get_num_threads())
+        chunks = 1 if threads == 1 else _CHUNKS_PER_THREAD * threads
+    chunks = max(1, min(rows, chunks))
     return [rows * index // chunks for index in range(chunks + 1)]
 
 
@@ -1229,8 +1234,8 @@ def _fpfh_pooled_rows(
     from ``band_first[chunk]`` on, so that chunks running at once never add to the same memory.
     """
     channels = 3 * _NUM_BINS
-    band = bands[np.searchsorted(chunk_bounds, first)]
-    origin = band_first[np.searchsorted(chunk_bounds, first)]
+    chunk = np.searchsorted(chunk_bounds, first)
+    band, origin = bands[chunk], band_first[chunk]
     k = neighbours.shape[1]
     total = np.empty(_TABLE_WIDTH, np.float32)
     weight = np.empty(k + 1, np.float32)
@@ -1284,8 +1289,7 @@ def _pooled_fpfh(
     n = counts.shape[0]
     # Chunks of the thread-independent size: each chunk sums its points in order and the bands are added in chunk
     # order, so the float32 sums, and the pooled features, are the same on any number of threads.
-    chunks = min(n, _POOLED_CHUNKS)
-    bounds = [n * index // chunks for index in range(chunks + 1)]
+    bounds = _chunk_bounds(n, _POOLED_CHUNKS)
     row_cells, row_weights = rows
     first_row = pixel[np.asarray(bounds[:-1])] // width
     last_row = pixel[np.asarray(bounds[1:]) - 1] // width

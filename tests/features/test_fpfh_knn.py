@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from anomalib_btm.data.synthetic import render_sample
 from anomalib_btm.features import compute_fpfh
 from anomalib_btm.features.fpfh_knn import knn_search, knn_search_torch
-from anomalib_btm.features.fpfh_math import pool_separable
 from anomalib_btm.features.fpfh_torch import FPFHTorch
 from anomalib_btm.models.btm.feature_branches import XYZBranch, patch_pooling
 from tests.features.test_fpfh import make_cloud, per_point_correlation
@@ -347,7 +346,11 @@ def test_pooling_applies_to_every_fpfh_path() -> None:
     xyz = make_cloud(32, seed=7)[None]
     pooling = patch_pooling((32, 32), (4, 4))
     for backend, options in [("torch", {"cpu_kernel": False}), ("torch", {"search": "window"}), ("open3d", {})]:
-        expected = pool_separable(compute_fpfh(xyz, backend=backend, **options), pooling)
-        torch.testing.assert_close(compute_fpfh(xyz, backend=backend, pooling=pooling, **options), expected)
+        maps = compute_fpfh(xyz, backend=backend, **options)
+        pooled = compute_fpfh(xyz, backend=backend, pooling=pooling, **options)
+        assert pooled.shape == (1, 33, 4, 4)
+        # The model's own pooling (AvgPool2d 3 × 3, then the pooling to the grid), not the same einsum again.
+        torch.testing.assert_close(pooled, XYZBranch().pool(maps, (4, 4)), rtol=1e-5, atol=1e-4)
+        assert (pooled != 0).any()
     with pytest.raises(ValueError, match=r"matrices take maps of 64×64 pixels but the clouds are 32×32"):
         compute_fpfh(xyz, pooling=patch_pooling((64, 64), (8, 8)))
