@@ -307,6 +307,132 @@ def _smallest_eigenvector(
     return nx, ny, nz
 
 
+_ASIN = tuple(_F32(c) for c in (4.2163199048e-2, 2.4181311049e-2, 4.5470025998e-2, 7.4953002686e-2, 1.6666752422e-1))
+"""Cephes' ``asinf`` polynomial on ``[-0.5, 0.5]`` (highest power first)."""
+_COS = tuple(_F32((-1) ** i / math.factorial(2 * i)) for i in range(5, 0, -1))
+"""Taylor coefficients of ``cos`` (``t^10`` down to ``t^2``): within 1e-8 on ``[0, pi/3]``."""
+_SIN = tuple(_F32((-1) ** i / math.factorial(2 * i + 1)) for i in range(4, 0, -1))
+"""Taylor coefficients of ``sin`` (``t^9`` down to ``t^3``): within 1e-7 on ``[0, pi/3]``."""
+_HALF = _F32(0.5)
+_HALF_PI = _F32(math.pi / 2)
+_SQRT3 = _F32(math.sqrt(3.0))
+
+
+@njit(**_JIT)
+def _smallest_eigenvectors(covariances: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_smallest_eigenvector` of many matrices at once, vectorised: ``(6, n)`` → unit vectors ``out`` ``(3, n)``.
+
+    The same computation, branch-free (every case computed and selected, so that LLVM vectorises the loop: about
+    10× faster than the scalar solver per matrix) and with float32 polynomials for ``acos`` (Cephes), ``sin`` and
+    ``cos`` of the third angle in ``[0, pi/3]``; ``cos(t + 2 pi / 3) = -(cos t + sqrt(3) sin t) / 2``. Eigenvectors
+    agree with the scalar solver's up to float32 rounding where the smallest eigenvalue is simple (normals of
+    surfaces); for a repeated smallest eigenvalue either returns some unit vector of its eigenspace.
+
+    Args:
+        covariances: Rows ``c00, c01, c02, c11, c12, c22`` of symmetric matrices, float32.
+        out: Float32 ``(3, n)``, written.
+    """
+    c00s, c01s, c02s = covariances[0], covariances[1], covariances[2]
+    c11s, c12s, c22s = covariances[3], covariances[4], covariances[5]
+    out_x, out_y, out_z = out[0], out[1], out[2]
+    two, three, six = _F32(2.0), _F32(3.0), _F32(6.0)
+    for i in range(c00s.shape[0]):
+        c00, c01, c02, c11, c12, c22 = c00s[i], c01s[i], c02s[i], c11s[i], c12s[i], c22s[i]
+        max_coeff = max(max(max(c00, c01), max(c02, c11)), max(c12, c22))
+        positive = max_coeff > _ZERO
+        inv_max = _ONE / max_coeff if positive else _ONE
+        a00, a01, a02 = c00 * inv_max, c01 * inv_max, c02 * inv_max
+        a11, a12, a22 = c11 * inv_max, c12 * inv_max, c22 * inv_max
+        off_norm = a01 * a01 + a02 * a02 + a12 * a12
+        q = (a00 + a11 + a22) / three
+        b00, b11, b22 = a00 - q, a11 - q, a22 - q
+        p = math.sqrt((b00 * b00 + b11 * b11 + b22 * b22 + two * off_norm) / six)
+        m00 = b11 * b22 - a12 * a12
+        m01 = a01 * b22 - a12 * a02
+        m02 = a01 * a12 - b11 * a02
+        det = _safe_div(b00 * m00 - a01 * m01 + a02 * m02, p * p * p)
+        half_det = min(max(_HALF * det, -_ONE), _ONE)
+        # acos(half_det): asin of x (|x| <= 1/2) or of sqrt((1 - |x|) / 2), Cephes' acosf without branches.
+        large = abs(half_det) > _HALF
+        a = math.sqrt(_HALF * (_ONE - abs(half_det))) if large else half_det
+        z = a * a
+        asin = ((((_ASIN[0] * z + _ASIN[1]) * z + _ASIN[2]) * z + _ASIN[3]) * z + _ASIN[4]) * z * a + a
+        acos = (two * asin if half_det > _ZERO else _PI - two * asin) if large else _HALF_PI - asin
+        t = acos / three
+        t2 = t * t
+        cos_t = ((((_COS[0] * t2 + _COS[1]) * t2 + _COS[2]) * t2 + _COS[3]) * t2 + _COS[4]) * t2 + _ONE
+        sin_t = (((_SIN[0] * t2 + _SIN[1]) * t2 + _SIN[2]) * t2 + _SIN[3]) * t2 * t + t
+        beta2 = two * cos_t
+        beta0 = -cos_t - _SQRT3 * sin_t
+        beta1 = -(beta0 + beta2)
+        eval0, eval1, eval2 = q + p * beta0, q + p * beta1, q + p * beta2
+        upper = half_det >= _ZERO
+        first_eval = eval2 if upper else eval0
+        # _eigenvector_from_rows(first_eval): the largest cross product of rows of A - first_eval I.
+        r0x, r0y, r0z = a00 - first_eval, a01, a02
+        r1x, r1y, r1z = a01, a11 - first_eval, a12
+        r2x, r2y, r2z = a02, a12, a22 - first_eval
+        c01x, c01y, c01z = r0y * r1z - r0z * r1y, r0z * r1x - r0x * r1z, r0x * r1y - r0y * r1x
+        c02x, c02y, c02z = r0y * r2z - r0z * r2y, r0z * r2x - r0x * r2z, r0x * r2y - r0y * r2x
+        c12x, c12y, c12z = r1y * r2z - r1z * r2y, r1z * r2x - r1x * r2z, r1x * r2y - r1y * r2x
+        d01 = c01x * c01x + c01y * c01y + c01z * c01z
+        d02 = c02x * c02x + c02y * c02y + c02z * c02z
+        d12 = c12x * c12x + c12y * c12y + c12z * c12z
+        take02 = d02 > d01
+        bx = c02x if take02 else c01x
+        by = c02y if take02 else c01y
+        bz = c02z if take02 else c01z
+        bd = d02 if take02 else d01
+        take12 = d12 > bd
+        bx = c12x if take12 else bx
+        by = c12y if take12 else by
+        bz = c12z if take12 else bz
+        bd = d12 if take12 else bd
+        inv_norm = _safe_div(_ONE, math.sqrt(bd))
+        fx, fy, fz = bx * inv_norm, by * inv_norm, bz * inv_norm
+        # _eigenvector_in_complement(f, eval1): Eberly's 2 × 2 construction.
+        x_major = abs(fx) > abs(fy)
+        inv = _safe_div(_ONE, math.sqrt(fx * fx + fz * fz if x_major else fy * fy + fz * fz))
+        ux = -fz * inv if x_major else _ZERO
+        uy = _ZERO if x_major else fz * inv
+        uz = fx * inv if x_major else -fy * inv
+        vx, vy, vz = fy * uz - fz * uy, fz * ux - fx * uz, fx * uy - fy * ux
+        aux, auy, auz = a00 * ux + a01 * uy + a02 * uz, a01 * ux + a11 * uy + a12 * uz, a02 * ux + a12 * uy + a22 * uz
+        avx, avy, avz = a00 * vx + a01 * vy + a02 * vz, a01 * vx + a11 * vy + a12 * vz, a02 * vx + a12 * vy + a22 * vz
+        e00 = ux * aux + uy * auy + uz * auz - eval1
+        e01 = ux * avx + uy * avy + uz * avz
+        e11 = vx * avx + vy * avy + vz * avz - eval1
+        first_row = abs(e00) >= abs(e11)
+        diagonal = e00 if first_row else e11
+        larger = max(abs(diagonal), abs(e01))
+        diagonal_major = abs(diagonal) >= abs(e01)
+        ratio = _safe_div(e01, diagonal) if diagonal_major else _safe_div(diagonal, e01)
+        scale = _ONE / math.sqrt(_ONE + ratio * ratio)
+        ratio_on_u = first_row == diagonal_major
+        cu = (ratio * scale if ratio_on_u else scale) if larger > _ZERO else _ONE
+        cv = (scale if ratio_on_u else ratio * scale) if larger > _ZERO else _ZERO
+        sx, sy, sz = cu * ux - cv * vx, cu * uy - cv * vy, cu * uz - cv * vz
+        tx = sy * fz - sz * fy if upper else fy * sz - fz * sy
+        ty = sz * fx - sx * fz if upper else fz * sx - fx * sz
+        tz = sx * fy - sy * fx if upper else fx * sy - fy * sx
+        pick_first = (first_eval < (eval0 if upper else eval1)) and (first_eval < (eval1 if upper else eval2))
+        pick_second = (eval1 < eval0) and (eval1 < eval2)
+        nx = fx if pick_first else (sx if pick_second else tx)
+        ny = fy if pick_first else (sy if pick_second else ty)
+        nz = fz if pick_first else (sz if pick_second else tz)
+        # No off-diagonal entries: the axis of the smallest diagonal entry.
+        x_axis = (a00 < a11) and (a00 < a22)
+        y_axis = (not x_axis) and (a11 < a00) and (a11 < a22)
+        axes = not (off_norm > _ZERO)
+        nx = (_ONE if x_axis else _ZERO) if axes else nx
+        ny = (_ONE if y_axis else _ZERO) if axes else ny
+        nz = (_ZERO if (x_axis or y_axis) else _ONE) if axes else nz
+        unit = positive and (nx * nx + ny * ny + nz * nz > _HALF)
+        out_x[i] = nx if unit else _ZERO
+        out_y[i] = ny if unit else _ZERO
+        out_z[i] = nz if unit else _ONE
+
+
 @njit(**_JIT)
 def _accumulate(sums: np.ndarray, local: np.ndarray) -> None:
     """Add the selected offsets ``local`` (dx, dy, dz, 1) and their products to the covariance sums.
