@@ -20,7 +20,7 @@ real one:
   ``2 * voxel_size``, selected among the FPFH neighbours in the same pass), SPFH and the ``1/d²``-weighted FPFH sum
   over the neighbour lists, rows of queries on ``torch.get_num_threads()`` threads in small chunks, with the
   pair-feature arithmetic, eigen solver and histogram bins of :mod:`anomalib_btm.features.fpfh_numba` (``atan2`` with
-  one division instead of two; the eigen solver vectorised across a chunk's points). Three inner loops are LLVM IR
+  one division instead of two; the eigen solver vectorised across points). Three inner loops are LLVM IR
   (Numba intrinsics) because Numba's loops do not vectorise them: the compaction of the selected candidates
   (:func:`_compact_at_most`), the SPFH's gather of the neighbours' points and normals (:func:`_gather_columns`) and
   the FPFH's weighted sum of their SPFH rows, whose 33 channels stay in vector registers (:func:`_weighted_rows`).
@@ -656,15 +656,15 @@ def _neighbours_and_normal(
 ) -> float:
     """Write the neighbour list of ``q`` and its normal's covariance; return the normal's distance threshold.
 
-    The list is the candidates at ``found[:take]``; the covariance goes to column ``slot`` of ``covariances`` ``(6,
-    L)``. The normal's neighbourhood, the ``normal_k`` nearest within the normal radius, is selected among the
-    neighbours (the nearest ``take`` contain it, :func:`_kth_distance`); its covariance is summed over the neighbours at
-    most that far (ties at the normal's ``k``-th distance beyond ``normal_k`` are dropped in storage order, a second
-    pass only when there are). The neighbours' offsets are copied beside the list as it is written, so that the sums run
-    over ``take`` contiguous values in storage order: the same order whatever the candidates gathered (their number
-    depends on the reach, which depends on the previous cell of the thread's chunk), so the normals, and with them the
-    FPFH, do not depend on the number of threads. The threshold is the next query's first guess. The eigenvectors are
-    solved later, for the whole chunk at once (:func:`_knn_rows`).
+    The list is the candidates at ``found[:take]``; the covariance goes to column ``slot`` (the storage position of
+    ``q``) of ``covariances`` ``(6, N)``, whose eigenvectors :func:`_normals` solves after the search. The normal's
+    neighbourhood, the ``normal_k`` nearest within the normal radius, is selected among the neighbours (the nearest
+    ``take`` contain it, :func:`_kth_distance`); its covariance is summed over the neighbours at most that far (ties at
+    the normal's ``k``-th distance beyond ``normal_k`` are dropped in storage order, a second pass only when there are).
+    The neighbours' offsets are copied beside the list as it is written, so that the sums run over ``take`` contiguous
+    values in storage order: the same order whatever the candidates gathered (their number depends on the reach, which
+    depends on the previous cell of the thread's chunk), so the normals, and with them the FPFH, do not depend on the
+    number of threads. The threshold is the next query's first guess.
     """
     row, row_squared = neighbours[q], distances[q]
     for j in range(take):
@@ -862,8 +862,8 @@ def _search(
 
 _NORMAL_CHUNKS = 8
 """Chunks of the normals' phase, whatever the number of threads (see :func:`_normals`)."""
-_NORMAL_ALIGNMENT = 64
-"""Chunk bounds of the normals' phase are multiples of this (a multiple of any vector loop's step)."""
+_NORMAL_ALIGNMENT = 128
+"""Chunk bounds of the normals' phase are multiples of this (of any vector loop's step, unrolled: 8 or 16 lanes × 4)."""
 
 
 def _normals(
