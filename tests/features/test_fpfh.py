@@ -434,7 +434,13 @@ def _export_to_openvino(
     module: torch.nn.Module, xyz: torch.Tensor, tmp_path: Path
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     ov = pytest.importorskip("openvino")
-    program = torch.onnx.export(module, (xyz,), dynamo=True, input_names=["xyz"], output_names=["fpfh"], verbose=False)
+    from anomalib_btm.models.btm.export import fold_constants
+
+    # As `fpfh="graph"` exports do: constant folding instead of the exporter's optimizer (2.3× faster, same graph).
+    program = torch.onnx.export(
+        module, (xyz,), dynamo=True, input_names=["xyz"], output_names=["fpfh"], verbose=False, optimize=False
+    )
+    fold_constants(program)
     path = tmp_path / "fpfh.onnx"
     program.save(str(path))
     compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU")

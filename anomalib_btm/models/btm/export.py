@@ -438,7 +438,9 @@ def export_onnx(
         fpfh (str): ``"inferencer"`` (default) or ``"graph"``: where the FPFH is computed (module docstring).
         pre_processor (nn.Module | None): Pre-processor traced in front of the model.
         post_processor (nn.Module | None): Post-processor traced behind it.
-        **kwargs: Passed to ``torch.onnx.export``; ``input_names`` and ``dynamic_shapes`` are set here.
+        **kwargs: Passed to ``torch.onnx.export``; ``input_names`` and ``dynamic_shapes`` are set here. With
+            ``fpfh="graph"`` and no ``optimize``, the exporter's optimizer is replaced by constant folding
+            (:func:`fold_constants`).
 
     Returns:
         Path: The ``.onnx`` file.
@@ -472,6 +474,7 @@ def export_onnx(
         dynamic_shapes += (cloud_axes,)
     export_root = create_export_root(export_root, ExportType.ONNX)
     onnx_path = export_root / f"{model_file_name}.onnx"
+    fold_only = fpfh == "graph" and "optimize" not in kwargs
     program = torch.onnx.export(
         module,
         example,
@@ -480,11 +483,32 @@ def export_onnx(
         opset_version=kwargs.pop("opset_version", 18),
         dynamo=True,
         dynamic_shapes=dynamic_shapes,
+        **({"optimize": False} if fold_only else {}),
         **kwargs,
     )
+    if fold_only:
+        fold_constants(program)
     if module.fpfh_input is not None:
         program.model.metadata_props[METADATA_KEY] = module.fpfh_input.to_json()
     return atomic_write(onnx_path, lambda tmp: program.save(str(tmp), external_data=False))
+
+
+def fold_constants(program: Any) -> None:
+    """Fold the constants of an unoptimized ``torch.onnx.export`` program and drop the unused nodes, in place.
+
+    What OpenVINO needs of the exporter's optimizer (it cannot convert the unfolded shape arithmetic of the FPFH
+    window graph, e.g. an ``Expand`` to a shape computed from constants) without its pattern rewrites, which spend
+    minutes matching on a graph of a few thousand nodes. A 96² ``fpfh="graph"`` export took 88 s instead of 188 s
+    (the window FPFH graph alone 28 s instead of 65 s); the IR gave the same scores (difference 0.0) at the same
+    latency (OpenVINO fuses the graph itself).
+
+    Args:
+        program (Any): The ``torch.onnx.ONNXProgram`` returned by ``torch.onnx.export(..., optimize=False)``.
+    """
+    from onnxscript import optimizer
+
+    optimizer.fold_constants_ir(program.model)
+    optimizer.remove_unused_nodes(program.model)
 
 
 def _example_cloud(batch: int, height: int, width: int) -> torch.Tensor:
