@@ -43,7 +43,6 @@ _ONE = _F32(1.0)
 _HUNDRED = _F32(100.0)
 _INF = _F32(np.inf)
 _PI = _F32(math.pi)
-_TWO_PI_OVER_3 = _F32(2 * math.pi / 3)
 _TINY = _F32(np.finfo(np.float32).tiny)
 _MIN_FACTOR = _F32(1 / 16)
 _MAX_FACTOR = _F32(16.0)
@@ -173,140 +172,6 @@ def _safe_div(x: float, y: float) -> float:
     return x / y if y != _ZERO else _ZERO
 
 
-@njit(**_JIT)
-def _eigenvector_from_rows(
-    a00: float,
-    a01: float,
-    a02: float,
-    a11: float,
-    a12: float,
-    a22: float,
-    value: float,
-) -> tuple[float, float, float]:
-    """Eigenvector of an eigenvalue of multiplicity one: largest cross product of rows of ``A - value I``."""
-    r0x, r0y, r0z = a00 - value, a01, a02
-    r1x, r1y, r1z = a01, a11 - value, a12
-    r2x, r2y, r2z = a02, a12, a22 - value
-    c01x, c01y, c01z = r0y * r1z - r0z * r1y, r0z * r1x - r0x * r1z, r0x * r1y - r0y * r1x
-    c02x, c02y, c02z = r0y * r2z - r0z * r2y, r0z * r2x - r0x * r2z, r0x * r2y - r0y * r2x
-    c12x, c12y, c12z = r1y * r2z - r1z * r2y, r1z * r2x - r1x * r2z, r1x * r2y - r1y * r2x
-    d01 = c01x * c01x + c01y * c01y + c01z * c01z
-    d02 = c02x * c02x + c02y * c02y + c02z * c02z
-    d12 = c12x * c12x + c12y * c12y + c12z * c12z
-    bx, by, bz, bd = c01x, c01y, c01z, d01
-    if d02 > bd:
-        bx, by, bz, bd = c02x, c02y, c02z, d02
-    if d12 > bd:
-        bx, by, bz, bd = c12x, c12y, c12z, d12
-    norm = math.sqrt(bd)
-    return _safe_div(bx, norm), _safe_div(by, norm), _safe_div(bz, norm)
-
-
-@njit(**_JIT)
-def _eigenvector_in_complement(
-    a00: float,
-    a01: float,
-    a02: float,
-    a11: float,
-    a12: float,
-    a22: float,
-    ex: float,
-    ey: float,
-    ez: float,
-    value: float,
-) -> tuple[float, float, float]:
-    """Eigenvector for ``value`` orthogonal to the unit eigenvector ``e`` (Eberly's 2×2 construction)."""
-    if abs(ex) > abs(ey):
-        inv = _safe_div(_ONE, math.sqrt(ex * ex + ez * ez))
-        ux, uy, uz = -ez * inv, _ZERO, ex * inv
-    else:
-        inv = _safe_div(_ONE, math.sqrt(ey * ey + ez * ez))
-        ux, uy, uz = _ZERO, ez * inv, -ey * inv
-    vx, vy, vz = ey * uz - ez * uy, ez * ux - ex * uz, ex * uy - ey * ux
-    aux, auy, auz = a00 * ux + a01 * uy + a02 * uz, a01 * ux + a11 * uy + a12 * uz, a02 * ux + a12 * uy + a22 * uz
-    avx, avy, avz = a00 * vx + a01 * vy + a02 * vz, a01 * vx + a11 * vy + a12 * vz, a02 * vx + a12 * vy + a22 * vz
-    m00 = ux * aux + uy * auy + uz * auz - value
-    m01 = ux * avx + uy * avy + uz * avz
-    m11 = vx * avx + vy * avy + vz * avz - value
-    abs00, abs01, abs11 = abs(m00), abs(m01), abs(m11)
-    cu, cv = _ONE, _ZERO
-    if abs00 >= abs11:
-        if max(abs00, abs01) > _ZERO:
-            if abs00 >= abs01:
-                ratio = _safe_div(m01, m00)
-                scale = _ONE / math.sqrt(_ONE + ratio * ratio)
-                cu, cv = ratio * scale, scale
-            else:
-                ratio = _safe_div(m00, m01)
-                scale = _ONE / math.sqrt(_ONE + ratio * ratio)
-                cu, cv = scale, ratio * scale
-    elif max(abs11, abs01) > _ZERO:
-        if abs11 >= abs01:
-            ratio = _safe_div(m01, m11)
-            scale = _ONE / math.sqrt(_ONE + ratio * ratio)
-            cu, cv = scale, ratio * scale
-        else:
-            ratio = _safe_div(m11, m01)
-            scale = _ONE / math.sqrt(_ONE + ratio * ratio)
-            cu, cv = ratio * scale, scale
-    return cu * ux - cv * vx, cu * uy - cv * vy, cu * uz - cv * vz
-
-
-@njit(**_JIT)
-def _smallest_eigenvector(
-    c00: float,
-    c01: float,
-    c02: float,
-    c11: float,
-    c12: float,
-    c22: float,
-) -> tuple[float, float, float]:
-    """Scalar twin of :func:`anomalib_btm.features.fpfh_torch.smallest_eigenvector` (Open3D's ``FastEigen3x3``)."""
-    max_coeff = max(max(max(c00, c01), max(c02, c11)), max(c12, c22))
-    if not max_coeff > _ZERO:
-        return _ZERO, _ZERO, _ONE
-    a00, a01, a02 = c00 / max_coeff, c01 / max_coeff, c02 / max_coeff
-    a11, a12, a22 = c11 / max_coeff, c12 / max_coeff, c22 / max_coeff
-    off_norm = a01 * a01 + a02 * a02 + a12 * a12
-    if off_norm > _ZERO:
-        q = (a00 + a11 + a22) / _F32(3.0)
-        b00, b11, b22 = a00 - q, a11 - q, a22 - q
-        p = math.sqrt((b00 * b00 + b11 * b11 + b22 * b22 + _F32(2.0) * off_norm) / _F32(6.0))
-        m00 = b11 * b22 - a12 * a12
-        m01 = a01 * b22 - a12 * a02
-        m02 = a01 * a12 - b11 * a02
-        det = _safe_div(b00 * m00 - a01 * m01 + a02 * m02, p * p * p)
-        half_det = min(max(_F32(0.5) * det, -_ONE), _ONE)
-        angle = math.acos(half_det) / _F32(3.0)
-        beta2 = _F32(2.0) * math.cos(angle)
-        beta0 = _F32(2.0) * math.cos(angle + _TWO_PI_OVER_3)
-        beta1 = -(beta0 + beta2)
-        eval0, eval1, eval2 = q + p * beta0, q + p * beta1, q + p * beta2
-        upper = half_det >= _ZERO
-        first_eval = eval2 if upper else eval0
-        fx, fy, fz = _eigenvector_from_rows(a00, a01, a02, a11, a12, a22, first_eval)
-        sx, sy, sz = _eigenvector_in_complement(a00, a01, a02, a11, a12, a22, fx, fy, fz, eval1)
-        if upper:
-            tx, ty, tz = sy * fz - sz * fy, sz * fx - sx * fz, sx * fy - sy * fx
-        else:
-            tx, ty, tz = fy * sz - fz * sy, fz * sx - fx * sz, fx * sy - fy * sx
-        if (first_eval < (eval0 if upper else eval1)) and (first_eval < (eval1 if upper else eval2)):
-            nx, ny, nz = fx, fy, fz
-        elif (eval1 < eval0) and (eval1 < eval2):
-            nx, ny, nz = sx, sy, sz
-        else:
-            nx, ny, nz = tx, ty, tz
-    else:
-        x_axis = (a00 < a11) and (a00 < a22)
-        y_axis = (not x_axis) and (a11 < a00) and (a11 < a22)
-        nx = _ONE if x_axis else _ZERO
-        ny = _ONE if y_axis else _ZERO
-        nz = _ZERO if (x_axis or y_axis) else _ONE
-    if not nx * nx + ny * ny + nz * nz > _F32(0.5):
-        return _ZERO, _ZERO, _ONE
-    return nx, ny, nz
-
-
 _ASIN = tuple(_F32(c) for c in (4.2163199048e-2, 2.4181311049e-2, 4.5470025998e-2, 7.4953002686e-2, 1.6666752422e-1))
 """Cephes' ``asinf`` polynomial on ``[-0.5, 0.5]`` (highest power first)."""
 _COS = tuple(_F32((-1) ** i / math.factorial(2 * i)) for i in range(5, 0, -1))
@@ -320,13 +185,19 @@ _SQRT3 = _F32(math.sqrt(3.0))
 
 @njit(**_JIT)
 def _smallest_eigenvectors(covariances: np.ndarray, out: np.ndarray) -> None:
-    """:func:`_smallest_eigenvector` of many matrices at once, vectorised: ``(6, n)`` → unit vectors ``out`` ``(3, n)``.
+    """Unit eigenvectors of the smallest eigenvalues of many symmetric 3 × 3 matrices ``(6, n)``, into ``(3, n)``.
 
-    The same computation, branch-free (every case computed and selected, so that LLVM vectorises the loop: about
-    10× faster than the scalar solver per matrix) and with float32 polynomials for ``acos`` (Cephes), ``sin`` and
-    ``cos`` of the third angle in ``[0, pi/3]``; ``cos(t + 2 pi / 3) = -(cos t + sqrt(3) sin t) / 2``. Eigenvectors
-    agree with the scalar solver's up to float32 rounding where the smallest eigenvalue is simple (normals of
-    surfaces); for a repeated smallest eigenvalue either returns some unit vector of its eigenspace.
+    Open3D's ``FastEigen3x3``, the computation of the torch graph's
+    :func:`~anomalib_btm.features.fpfh_math.smallest_eigenvector` (sign included): the eigenvalues in closed form, the
+    eigenvector of the extreme one from the largest cross product of rows of ``A - value I``, the middle one by
+    Eberly's 2 × 2 construction in its complement, the third as their cross product, and the one of the smallest
+    eigenvalue kept. Written without branches (every case computed and selected) so that LLVM vectorises the loop
+    across matrices: about 10× faster than one scalar solve per matrix. ``acos`` (Cephes), ``sin`` and ``cos`` of the
+    third angle in ``[0, pi/3]`` are float32 polynomials; ``cos(t + 2 pi / 3) = -(cos t + sqrt(3) sin t) / 2``.
+    Eigenvectors agree with the torch solver's up to float32 rounding where the smallest eigenvalue is simple
+    (normals of surfaces); for a repeated smallest eigenvalue either returns some unit vector of its eigenspace.
+    The loop's scalar remainder may round differently from its vector lanes: callers that must not depend on how
+    the points are split (the thread count) solve in fixed, aligned chunks.
 
     Args:
         covariances: Rows ``c00, c01, c02, c11, c12, c22`` of symmetric matrices, float32.
@@ -368,7 +239,7 @@ def _smallest_eigenvectors(covariances: np.ndarray, out: np.ndarray) -> None:
         eval0, eval1, eval2 = q + p * beta0, q + p * beta1, q + p * beta2
         upper = half_det >= _ZERO
         first_eval = eval2 if upper else eval0
-        # _eigenvector_from_rows(first_eval): the largest cross product of rows of A - first_eval I.
+        # The eigenvector of first_eval: the largest cross product of rows of A - first_eval I.
         r0x, r0y, r0z = a00 - first_eval, a01, a02
         r1x, r1y, r1z = a01, a11 - first_eval, a12
         r2x, r2y, r2z = a02, a12, a22 - first_eval
@@ -390,7 +261,7 @@ def _smallest_eigenvectors(covariances: np.ndarray, out: np.ndarray) -> None:
         bd = d12 if take12 else bd
         inv_norm = _safe_div(_ONE, math.sqrt(bd))
         fx, fy, fz = bx * inv_norm, by * inv_norm, bz * inv_norm
-        # _eigenvector_in_complement(f, eval1): Eberly's 2 × 2 construction.
+        # The eigenvector of eval1 orthogonal to f: Eberly's 2 × 2 construction.
         x_major = abs(fx) > abs(fy)
         inv = _safe_div(_ONE, math.sqrt(fx * fx + fz * fz if x_major else fy * fy + fz * fz))
         ux = -fz * inv if x_major else _ZERO
@@ -488,6 +359,8 @@ def _normal_rows(
     counts = np.empty(width, _F32)
     sums = np.empty((10, width), _F32)
     local = np.empty((4, width), _F32)
+    covariances = np.empty((6, width), _F32)
+    row_normals = np.empty((3, width), _F32)
     for row in range(start, stop):
         b, y = row // height, row % height
         _candidate_distances(padded, xyz, valid, b, y, window, radius2, 3, sqd, adm)
@@ -508,19 +381,18 @@ def _normal_rows(
             _accumulate(sums, local)
         for w in range(width):
             count = sums[0, w]
-            if count >= _F32(3.0):
-                inv = _ONE / count
-                mx, my, mz = sums[1, w] * inv, sums[2, w] * inv, sums[3, w] * inv
-                nx, ny, nz = _smallest_eigenvector(
-                    sums[4, w] * inv - mx * mx,
-                    sums[5, w] * inv - mx * my,
-                    sums[6, w] * inv - mx * mz,
-                    sums[7, w] * inv - my * my,
-                    sums[8, w] * inv - my * mz,
-                    sums[9, w] * inv - mz * mz,
-                )
-            else:
-                nx, ny, nz = _smallest_eigenvector(_ONE, _ZERO, _ZERO, _ONE, _ZERO, _ONE)
+            enough = count >= _F32(3.0)  # else the identity, whose normal is the z axis (Open3D's default)
+            inv = _ONE / count if enough else _ZERO
+            mx, my, mz = sums[1, w] * inv, sums[2, w] * inv, sums[3, w] * inv
+            covariances[0, w] = sums[4, w] * inv - mx * mx if enough else _ONE
+            covariances[1, w] = sums[5, w] * inv - mx * my if enough else _ZERO
+            covariances[2, w] = sums[6, w] * inv - mx * mz if enough else _ZERO
+            covariances[3, w] = sums[7, w] * inv - my * my if enough else _ONE
+            covariances[4, w] = sums[8, w] * inv - my * mz if enough else _ZERO
+            covariances[5, w] = sums[9, w] * inv - mz * mz if enough else _ONE
+        _smallest_eigenvectors(covariances, row_normals)
+        for w in range(width):
+            nx, ny, nz = row_normals[0, w], row_normals[1, w], row_normals[2, w]
             if camera and nx * px[w] + ny * py[w] + nz * pz[w] > _ZERO:
                 nx, ny, nz = -nx, -ny, -nz
             normals[b, 0, y, w] = nx

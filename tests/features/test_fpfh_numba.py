@@ -138,43 +138,28 @@ def _random_covariances(count: int, seed: int) -> np.ndarray:
     return matrices.astype(np.float32)
 
 
-def test_scalar_eigen_solver_equals_the_tensor_solver() -> None:
-    matrices = _random_covariances(400, seed=0)
-    entries = [matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2], matrices[:, 1, 1], matrices[:, 1, 2]]
-    entries.append(matrices[:, 2, 2])
-    expected = torch.stack(smallest_eigenvector(tuple(torch.from_numpy(e) for e in entries)), dim=1).numpy()
-    scalar = np.array([kernels._smallest_eigenvector(*(np.float32(e[n]) for e in entries)) for n in range(400)])
-    # Same construction, same sign (Open3D's): equal to float32 rounding (amplified where two eigenvalues are
-    # close), the special cases exactly.
-    np.testing.assert_allclose(scalar, expected, atol=1e-3)
-    assert (np.abs(scalar - expected).max(axis=1) > 1e-5).mean() < 0.01
-    np.testing.assert_array_equal(scalar[-4:], expected[-4:])
-    # And it is the smallest eigenvector.
-    values, vectors = np.linalg.eigh(matrices[:-4].astype(np.float64))
-    alignment = np.abs(np.einsum("ni,ni->n", vectors[:, :, 0], scalar[:-4]))
-    distinct = values[:, 1] - values[:, 0] > 1e-3 * values[:, 2]
-    assert (alignment[distinct] > 0.999).all()
-
-
-def test_vectorised_eigen_solver_equals_the_scalar_solver() -> None:
-    matrices = _random_covariances(2000, seed=1)
+def test_eigen_solver_equals_the_tensor_solver() -> None:
+    matrices = _random_covariances(2000, seed=0)
     entries = np.stack([matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2], matrices[:, 1, 1], matrices[:, 1, 2],
                         matrices[:, 2, 2]])  # fmt: skip
-    scalar = np.array([kernels._smallest_eigenvector(*entries[:, n]) for n in range(len(matrices))])
-    vectorised = np.empty((3, len(matrices)), np.float32)
-    kernels._smallest_eigenvectors(np.ascontiguousarray(entries), vectorised)
-    vectorised = vectorised.T
-    # The special cases (diagonal, identity, zero, a repeated largest eigenvalue) exactly; unit vectors.
-    np.testing.assert_array_equal(vectorised[-4:], scalar[-4:])
-    np.testing.assert_allclose(np.linalg.norm(vectorised, axis=1), 1.0, atol=1e-5)
-    # Polynomial acos/sin/cos instead of the library's: the same vector, sign included, up to float32 rounding,
-    # wherever the smallest eigenvalue is simple (amplified only where it nearly repeats).
-    values = np.linalg.eigvalsh(matrices[:-4].astype(np.float64))
-    simple = values[:, 1] - values[:, 0] > 1e-2 * values[:, 2]
-    assert simple.mean() > 0.8
-    alignment = np.einsum("ni,ni->n", vectorised[:-4], scalar[:-4])
-    assert alignment[simple].min() > 1 - 1e-5
-    assert np.abs(vectorised[:-4] - scalar[:-4]).max(axis=1)[simple].max() < 1e-3
+    expected = torch.stack(smallest_eigenvector(tuple(torch.from_numpy(e) for e in entries)), dim=1).numpy()
+    ours = np.empty((3, len(matrices)), np.float32)
+    kernels._smallest_eigenvectors(np.ascontiguousarray(entries), ours)  # vectorised across the matrices
+    ours = ours.T
+    # Same construction, same sign (Open3D's): equal to float32 rounding (amplified where two eigenvalues are
+    # close; acos, sin and cos are float32 polynomials here), the special cases (diagonal, identity, zero, a repeated
+    # largest eigenvalue) exactly.
+    values, vectors = np.linalg.eigh(matrices[:-4].astype(np.float64))
+    distinct = values[:, 1] - values[:, 0] > 1e-3 * values[:, 2]
+    separated = values[:, 1] - values[:, 0] > 1e-2 * values[:, 2]  # closer: both solvers err alike, ~1e-3
+    assert separated.mean() > 0.75
+    np.testing.assert_allclose(ours[:-4][separated], expected[:-4][separated], atol=1e-4)
+    assert (np.abs(ours - expected)[:-4][separated].max(axis=1) > 1e-5).mean() < 0.01
+    np.testing.assert_array_equal(ours[-4:], expected[-4:])
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    # And it is the smallest eigenvector.
+    alignment = np.abs(np.einsum("ni,ni->n", vectors[:, :, 0], ours[:-4]))
+    assert (alignment[distinct] > 0.999).all()
 
 
 def test_polynomial_atan2_matches_the_library_function() -> None:
