@@ -9,7 +9,8 @@
 the ``1/d²``-weighted neighbour sum — but pixel row by pixel row with every per-candidate value in registers or a
 cache-resident row buffer, where the torch graph streams one ``(B, window**2, H, W)`` tensor per operation through
 memory. Results equal the torch graph's up to float32 rounding (LLVM may fuse multiply-adds; ``atan2`` is Cephes'
-float32 polynomial, within 1e-6 rad of the library function): a pair feature within rounding of a bin edge may fall
+float32 polynomial, within 1e-6 rad of the library function; the eigen solver, vectorised across a row's pixels, uses
+float32 polynomials for ``acos``, ``sin`` and ``cos``): a pair feature within rounding of a bin edge may fall
 into the neighbouring bin, and a neighbour-count correction pass may then step differently
 (``tests/features/test_fpfh_numba.py`` bounds both).
 
