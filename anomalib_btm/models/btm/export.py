@@ -72,6 +72,7 @@ __all__ = [
     "check_compression",
     "export_input_names",
     "export_onnx",
+    "fold_constants",
     "quantize_ptq",
     "read_fpfh_input",
 ]
