@@ -56,6 +56,7 @@ from anomalib_btm.features.fpfh_numba import (
     _PI,
     _UNIT_SCALE,
     _ZERO,
+    _covariance,
     _pool,
     _safe_div,
     _smallest_eigenvectors,
@@ -97,16 +98,20 @@ _OUT_BLOCK = 256
 """Points whose FPFH are staged point by point before they are written to the output planes channel by channel."""
 
 
-def _chunk_bounds(rows: int, chunks: int | None = None) -> list[int]:
+def _chunk_bounds(rows: int, chunks: int | None = None, multiple: int = 1) -> list[int]:
     """Row bounds of ``chunks`` near-equal chunks of ``rows`` (at most ``rows`` of them).
 
     ``None``: the chunks :func:`_run_chunks` splits ``rows`` into by default, :data:`_CHUNKS_PER_THREAD` per thread.
+    ``multiple``: every bound but the last is a multiple of it (at most ``chunks`` chunks, fewer for few rows).
     """
     if chunks is None:
         threads = max(1, torch.get_num_threads())
         chunks = 1 if threads == 1 else _CHUNKS_PER_THREAD * threads
     chunks = max(1, min(rows, chunks))
-    return [rows * index // chunks for index in range(chunks + 1)]
+    if multiple == 1:
+        return [rows * index // chunks for index in range(chunks + 1)]
+    step = multiple * max(1, -(-rows // (chunks * multiple)))
+    return [*range(0, rows, step), rows] if rows > 0 else [0, 0]
 
 
 def _run_chunks(kernel: Callable[..., None], rows: int, *args: object, bounds: list[int] | None = None) -> None:
@@ -590,7 +595,7 @@ def _knn_rows(
                     still += 1
                     continue
                 q = sorted_index[t]
-                previous_normal_kth = _neighbours_and_normal(
+                previous_normal_kth = _neighbours_and_covariance(
                     q, qx, qy, qz, candidates, candidate_index, squared, take, normal_k, normal_radius2,
                     previous_normal_kth, scratch, found, offsets, neighbours, distances, counts, covariances, t
                 )  # fmt: skip
@@ -633,7 +638,7 @@ def _normal_rows(
 
 
 @njit(**_JIT)
-def _neighbours_and_normal(
+def _neighbours_and_covariance(
     q: int,
     qx: float,
     qy: float,
@@ -682,18 +687,7 @@ def _neighbours_and_normal(
         ties = normal_take - _count_below(row_squared, take, normal_kth)
         moments = _moments(offsets, row_squared, take, normal_kth, ties)
     s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = moments
-    if s0 >= _F32(3.0):
-        inv = _ONE / s0
-        mx, my, mz = s1 * inv, s2 * inv, s3 * inv
-        covariances[0, slot] = s4 * inv - mx * mx
-        covariances[1, slot] = s5 * inv - mx * my
-        covariances[2, slot] = s6 * inv - mx * mz
-        covariances[3, slot] = s7 * inv - my * my
-        covariances[4, slot] = s8 * inv - my * mz
-        covariances[5, slot] = s9 * inv - mz * mz
-    else:  # fewer than 3 neighbours: the identity, whose normal is the z axis (Open3D's default)
-        covariances[0, slot], covariances[1, slot], covariances[2, slot] = _ONE, _ZERO, _ZERO
-        covariances[3, slot], covariances[4, slot], covariances[5, slot] = _ONE, _ZERO, _ONE
+    _covariance(covariances, slot, s0, s1, s2, s3, s4, s5, s6, s7, s8, s9)
     return normal_kth
 
 
@@ -875,8 +869,7 @@ def _normals(
     of threads, so the normals do not depend on it.
     """
     n = sorted_index.shape[0]
-    step = _NORMAL_ALIGNMENT * max(1, -(-n // (_NORMAL_CHUNKS * _NORMAL_ALIGNMENT)))
-    bounds = [*range(0, n, step), n]
+    bounds = _chunk_bounds(n, _NORMAL_CHUNKS, _NORMAL_ALIGNMENT)
     _run_chunks(_normal_rows, n, covariances, sorted_xyz, sorted_index, camera, points_normals, bounds=bounds)
 
 

@@ -173,6 +173,37 @@ def _safe_div(x: float, y: float) -> float:
     return x / y if y != _ZERO else _ZERO
 
 
+@njit(**_JIT)
+def _covariance(
+    out: np.ndarray,
+    slot: int,
+    count: float,
+    s1: float,
+    s2: float,
+    s3: float,
+    s4: float,
+    s5: float,
+    s6: float,
+    s7: float,
+    s8: float,
+    s9: float,
+) -> None:
+    """Covariance of a normal's neighbourhood from its count and sums into column ``slot`` of ``out`` ``(6, n)``.
+
+    ``s1-s3`` are the sums of the offsets ``x, y, z``, ``s4-s9`` of ``xx, xy, xz, yy, yz, zz``. With fewer than 3
+    neighbours the identity, whose normal is the z axis (Open3D's default).
+    """
+    enough = count >= _F32(3.0)
+    inv = _ONE / count if enough else _ZERO
+    mx, my, mz = s1 * inv, s2 * inv, s3 * inv
+    out[0, slot] = s4 * inv - mx * mx if enough else _ONE
+    out[1, slot] = s5 * inv - mx * my if enough else _ZERO
+    out[2, slot] = s6 * inv - mx * mz if enough else _ZERO
+    out[3, slot] = s7 * inv - my * my if enough else _ONE
+    out[4, slot] = s8 * inv - my * mz if enough else _ZERO
+    out[5, slot] = s9 * inv - mz * mz if enough else _ONE
+
+
 _ASIN = tuple(_F32(c) for c in (4.2163199048e-2, 2.4181311049e-2, 4.5470025998e-2, 7.4953002686e-2, 1.6666752422e-1))
 """Cephes' ``asinf`` polynomial on ``[-0.5, 0.5]`` (highest power first)."""
 _COS = tuple(_F32((-1) ** i / math.factorial(2 * i)) for i in range(5, 0, -1))
@@ -381,16 +412,8 @@ def _normal_rows(
                 local[3, w] = _ONE if selected else _ZERO
             _accumulate(sums, local)
         for w in range(width):
-            count = sums[0, w]
-            enough = count >= _F32(3.0)  # else the identity, whose normal is the z axis (Open3D's default)
-            inv = _ONE / count if enough else _ZERO
-            mx, my, mz = sums[1, w] * inv, sums[2, w] * inv, sums[3, w] * inv
-            covariances[0, w] = sums[4, w] * inv - mx * mx if enough else _ONE
-            covariances[1, w] = sums[5, w] * inv - mx * my if enough else _ZERO
-            covariances[2, w] = sums[6, w] * inv - mx * mz if enough else _ZERO
-            covariances[3, w] = sums[7, w] * inv - my * my if enough else _ONE
-            covariances[4, w] = sums[8, w] * inv - my * mz if enough else _ZERO
-            covariances[5, w] = sums[9, w] * inv - mz * mz if enough else _ONE
+            _covariance(covariances, w, sums[0, w], sums[1, w], sums[2, w], sums[3, w], sums[4, w], sums[5, w],
+                        sums[6, w], sums[7, w], sums[8, w], sums[9, w])  # fmt: skip
         _smallest_eigenvectors(covariances, row_normals)
         for w in range(width):
             nx, ny, nz = row_normals[0, w], row_normals[1, w], row_normals[2, w]
