@@ -295,24 +295,42 @@ def test_gather_columns_equals_numpy() -> None:
         np.testing.assert_array_equal(columns[:, :count], expected)
 
 
-def test_compact_at_most_equals_numpy() -> None:
-    # The selection's compaction (LLVM IR): eight comparisons as a mask, its left-packed lanes stored at once.
+@pytest.mark.parametrize("avx2", [None, False])
+def test_compact_neighbours_equals_numpy(avx2: bool | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The selection's compaction (LLVM IR): eight comparisons as a mask, whose left-packed lanes permute the values,
+    # indices and offsets of the eight candidates (AVX2 where the target has it, else lane by lane: both checked).
     from numba import njit
 
-    from anomalib_btm.features.fpfh_knn import _PACKED_LANES, _compact_at_most
+    from anomalib_btm.features import fpfh_knn
+    from anomalib_btm.features.fpfh_knn import _PACKED_LANES, _compact_neighbours
+
+    monkeypatch.setattr(fpfh_knn, "_AVX2_PERMUTE", avx2)
 
     @njit(cache=False)
-    def compact(values: np.ndarray, m: int, threshold: np.float32, found: np.ndarray) -> int:
-        return _compact_at_most(values, m, threshold, _PACKED_LANES, found)
+    def compact(
+        values: np.ndarray, m: int, threshold: np.float32, index: np.ndarray, points: np.ndarray, query: np.ndarray
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        out_index = np.full(values.shape[0], -7, np.int32)
+        out_offsets = np.full((3, values.shape[0]), np.float32(7.0))
+        written = _compact_neighbours(values, m, threshold, _PACKED_LANES, index, points,
+                                      (query[0], query[1], query[2]), out_index, out_offsets)  # fmt: skip
+        return written, out_index, out_offsets
 
     rng = np.random.default_rng(6)
+    query = rng.random(3).astype(np.float32)
     for m in (0, 1, 7, 8, 9, 100, 353):
         values = np.full(m + 8, np.nan, np.float32)
         values[:m] = np.round(rng.random(m) * 20) / 20  # ties at the threshold
+        index = rng.permutation(1000)[: m + 8].astype(np.int32)
+        points = rng.random((3, m + 8)).astype(np.float32)
         for threshold in (-1.0, 0.0, 0.5, 1.0, np.inf):
-            found = np.full(m + 8, 12345, np.uint32)
-            written = compact(values, m, np.float32(threshold), found)
-            np.testing.assert_array_equal(found[:written], np.flatnonzero(values[:m] <= threshold))
+            kept = np.flatnonzero(values[:m] <= threshold)
+            compacted = values.copy()
+            written, out_index, out_offsets = compact(compacted, m, np.float32(threshold), index, points, query)
+            assert written == kept.size
+            np.testing.assert_array_equal(compacted[:written], values[kept])
+            np.testing.assert_array_equal(out_index[:written], index[kept])
+            np.testing.assert_array_equal(out_offsets[:, :written], points[:, kept] - query[:, None])
 
 
 @pytest.mark.parametrize(("size", "grid", "padding"), [((64, 64), (8, 8), True), ((72, 56), (9, 7), False),
