@@ -1113,6 +1113,52 @@ def _gather_columns(
 
 
 @njit(**_JIT)
+def _counted_histograms(b0: np.ndarray, b1: np.ndarray, b2: np.ndarray, m: int, histogram: np.ndarray) -> None:
+    """The three 11-bin histograms of the bins ``b0[:m]``, ``b1[:m]``, ``b2[:m]``: one counting pass per bin."""
+    for b in range(_NUM_BINS):
+        c0 = c1 = c2 = np.int32(0)  # int32 lanes, eight per vector (Numba widens int32 sums: cast back)
+        for j in range(m):
+            c0 = np.int32(c0 + (np.int32(1) if b0[j] == b else np.int32(0)))
+            c1 = np.int32(c1 + (np.int32(1) if b1[j] == b else np.int32(0)))
+            c2 = np.int32(c2 + (np.int32(1) if b2[j] == b else np.int32(0)))
+        histogram[0, b] = c0
+        histogram[1, b] = c1
+        histogram[2, b] = c2
+
+
+@njit(**_JIT)
+def _byte_histograms(b0: np.ndarray, b1: np.ndarray, b2: np.ndarray, m: int, histogram: np.ndarray) -> None:
+    """:func:`_counted_histograms` in one pass, for ``m < 256``: four bins per int32, one byte each.
+
+    Bin ``b`` adds ``1 << 8 * (b % 4)`` to the word of bins ``4 * (b // 4)`` to ``4 * (b // 4) + 3``: three words
+    per histogram, nine in all, summed in int32 vector lanes (a byte never reaches 256: no carry into the next). The
+    eleven passes of :func:`_counted_histograms` compared every bin eleven times (a sixth of the SPFH, in a cycle
+    profile).
+    """
+    three, zero, one = np.int32(3), np.int32(0), np.int32(1)
+    w00 = w01 = w02 = w10 = w11 = w12 = w20 = w21 = w22 = zero
+    for j in range(m):
+        v0, v1, v2 = b0[j], b1[j], b2[j]
+        i0 = np.int32(one << np.int32((v0 & three) << three))
+        i1 = np.int32(one << np.int32((v1 & three) << three))
+        i2 = np.int32(one << np.int32((v2 & three) << three))
+        g0, g1, g2 = v0 >> 2, v1 >> 2, v2 >> 2
+        w00 = np.int32(w00 + (i0 if g0 == 0 else zero))
+        w01 = np.int32(w01 + (i0 if g0 == 1 else zero))
+        w02 = np.int32(w02 + (i0 if g0 == 2 else zero))
+        w10 = np.int32(w10 + (i1 if g1 == 0 else zero))
+        w11 = np.int32(w11 + (i1 if g1 == 1 else zero))
+        w12 = np.int32(w12 + (i1 if g1 == 2 else zero))
+        w20 = np.int32(w20 + (i2 if g2 == 0 else zero))
+        w21 = np.int32(w21 + (i2 if g2 == 1 else zero))
+        w22 = np.int32(w22 + (i2 if g2 == 2 else zero))
+    words = ((w00, w01, w02), (w10, w11, w12), (w20, w21, w22))
+    for group in range(3):
+        for b in range(_NUM_BINS):
+            histogram[group, b] = (words[group][b >> 2] >> ((b & 3) << 3)) & 0xFF
+
+
+@njit(**_JIT)
 def _spfh_rows(
     first: int,
     last: int,
@@ -1181,18 +1227,10 @@ def _spfh_rows(
         # and reloads constants in every iteration (measured: the split loop is faster).
         for j in range(m):
             b0[j] = _bin_clamped(_atan2_one_division(ay[j], ax[j]), -_PI, _ANGLE_SCALE)
-        # Histograms by one counting pass per bin (vectorised; a scatter of increments is slower, and so is writing
-        # the scaled counts to spfh inside this loop, and so are comparisons of 32 int8 bins at a time in 11
-        # registers, measured).
-        for b in range(_NUM_BINS):
-            c0 = c1 = c2 = 0
-            for j in range(m):
-                c0 += 1 if b0[j] == b else 0
-                c1 += 1 if b1[j] == b else 0
-                c2 += 1 if b2[j] == b else 0
-            histogram[0, b] = c0
-            histogram[1, b] = c1
-            histogram[2, b] = c2
+        if m < 256:
+            _byte_histograms(b0, b1, b2, m, histogram)
+        else:
+            _counted_histograms(b0, b1, b2, m, histogram)
         scale = _safe_div(_HUNDRED, _F32(m))
         for group in range(3):
             for b in range(_NUM_BINS):

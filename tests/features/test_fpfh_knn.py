@@ -295,6 +295,21 @@ def test_gather_columns_equals_numpy() -> None:
         np.testing.assert_array_equal(columns[:, :count], expected)
 
 
+def test_byte_histograms_equal_bincount() -> None:
+    # The SPFH's histograms: one pass with four bins per int32 word (counts below 256), or one pass per bin.
+    from anomalib_btm.features.fpfh_knn import _byte_histograms, _counted_histograms
+
+    rng = np.random.default_rng(7)
+    for m in (0, 1, 7, 99, 255, 300):
+        bins = [rng.integers(0, 11, m + 3).astype(np.int32) for _ in range(3)]
+        bins[1][:m] = 10  # one bin counts all m (255: the largest byte)
+        expected = np.stack([np.bincount(b[:m], minlength=11) for b in bins])
+        for histograms in ((_byte_histograms,) if m < 256 else ()) + (_counted_histograms,):
+            histogram = np.full((3, 11), -1, np.int32)
+            histograms(*bins, m, histogram)
+            np.testing.assert_array_equal(histogram, expected)
+
+
 @pytest.mark.parametrize("avx2", [None, False])
 def test_compact_neighbours_equals_numpy(avx2: bool | None, monkeypatch: pytest.MonkeyPatch) -> None:
     # The selection's compaction (LLVM IR): eight comparisons as a mask, whose left-packed lanes permute the values,
