@@ -1187,12 +1187,14 @@ def _spfh_rows(
         px, py, pz, n1x, n1y, n1z = own[0], own[1], own[2], own[3], own[4], own[5]
         row = neighbours[q]
         count = counts[q]
-        itself = at = 0
+        # int32 throughout (the neighbours' type): eight lanes per vector, where int64 sums and compares take four
+        q32, zero = np.int32(q), np.int32(0)
+        itself = at = zero
         for j in range(count):
             s = row[j]
             index[j] = s
-            itself += 1 if s == q else 0
-            at += j if s == q else 0
+            itself = np.int32(itself + (np.int32(1) if s == q32 else zero))
+            at = np.int32(at + (np.int32(j) if s == q32 else zero))
         for j in range(count, count + _LANES):
             index[j] = q  # valid rows for the last block of eight
         _gather_columns(points_normals, index, count, (px, py, pz), gathered)
@@ -1335,12 +1337,13 @@ def _point_fpfh(
     """
     row, row_squared = neighbours[q], distances[q]
     count = counts[q]
-    m = 0
+    q32, zero = np.int32(q), np.int32(0)  # int32 compares and sums: eight lanes per vector (see _spfh_rows)
+    m = zero
     for j in range(count):
         s = row[j]
         d = row_squared[j]
-        m += 0 if s == q else 1
-        weight[j] = _ONE / d if (d > _ZERO and s != q) else _ZERO  # the point itself, coincident points: none
+        m = np.int32(m + (zero if s == q32 else np.int32(1)))
+        weight[j] = _ONE / d if (d > _ZERO and s != q32) else _ZERO  # the point itself, coincident points: none
         index[j] = s
     weight[count] = _ZERO  # the pair padding of _weighted_rows
     index[count] = q
