@@ -423,6 +423,8 @@ def _compact_neighbours(
                                     f32.as_pointer()) for c in range(3)]  # fmt: skip
         entry = builder.block
         loop = builder.append_basic_block("compact.loop")
+        keep = builder.append_basic_block("compact.keep")
+        latch = builder.append_basic_block("compact.latch")
         done = builder.append_basic_block("compact.done")
         builder.cbranch(builder.icmp_signed(">", count64, ir.Constant(i64, 0)), loop, done)
         builder.position_at_end(loop)
@@ -432,6 +434,10 @@ def _compact_neighbours(
         written.add_incoming(ir.Constant(i64, 0), entry)
         block = builder.load(vector_at(data, j, floats), align=4)
         mask = builder.bitcast(builder.fcmp_ordered("<=", block, limits), i8)
+        # Blocks with nothing kept skip the stores: the candidates come in runs of grid columns, and the columns in
+        # the corners of the gathered box hold none of the nearest, so the branch is mostly predicted.
+        builder.cbranch(builder.icmp_unsigned("==", mask, ir.Constant(i8, 0)), latch, keep)
+        builder.position_at_end(keep)
         row = builder.mul(builder.zext(mask, i64), ir.Constant(i64, _LANES))
         packed = builder.load(vector_at(packed_base, row, ints), align=4)
         indices = builder.load(vector_at(index_in, j, ints), align=4)
@@ -441,15 +447,20 @@ def _compact_neighbours(
             builder.store(_permute(builder, offset, packed, avx2), vector_at(rows_out[c], written, floats), align=4)
         # The values last: the block was loaded, and what is stored at written <= j overwrites only values read.
         builder.store(_permute(builder, block, packed, avx2), vector_at(data, written, floats), align=4)
-        written_next = builder.add(written, builder.zext(builder.call(popcount, [mask]), i64))
+        kept = builder.add(written, builder.zext(builder.call(popcount, [mask]), i64))
+        builder.branch(latch)
+        builder.position_at_end(latch)
+        written_next = builder.phi(i64)
+        written_next.add_incoming(written, loop)
+        written_next.add_incoming(kept, keep)
         j_next = builder.add(j, ir.Constant(i64, _LANES))
-        j.add_incoming(j_next, loop)
-        written.add_incoming(written_next, loop)
+        j.add_incoming(j_next, latch)
+        written.add_incoming(written_next, latch)
         builder.cbranch(builder.icmp_signed("<", j_next, count64), loop, done)
         builder.position_at_end(done)
         result = builder.phi(i64)
         result.add_incoming(ir.Constant(i64, 0), entry)
-        result.add_incoming(written_next, loop)
+        result.add_incoming(written_next, latch)
         return result
 
     return signature, codegen
