@@ -365,10 +365,10 @@ def _compact_neighbours(
 
     Writes their indices (``candidate_index[i]``) to ``out_index``, their values back to ``values`` from position 0
     on (``values[:count]``: a block is loaded before anything is stored over it) and their offsets from ``query``
-    (``candidates[c, i] - query[c]``) to rows 0-2 of ``out_offsets``. Eight candidates at a
-    time, without branches: their comparison is an 8-bit mask, whose left-packed lane numbers (``lanes``,
-    :data:`_PACKED_LANES`) permute the eight values of each array (AVX2's ``vpermps``), stored at once; the count
-    advances by the mask's population count. The neighbour lists were first written one value at a time from the
+    (``candidates[c, i] - query[c]``) to rows 0-2 of ``out_offsets``. Eight candidates at a time: their comparison
+    is an 8-bit mask, whose left-packed lane numbers (``lanes``, :data:`_PACKED_LANES`) permute the eight values of
+    each array (AVX2's ``vpermps``), stored at once; the count advances by the mask's population count, and a block
+    with nothing kept stores nothing. The neighbour lists were first written one value at a time from the selected
     positions: five scalar stores per neighbour, a quarter of the search (seen in a cycle profile).
 
     ``values``, ``candidates`` and ``query`` float32, ``candidate_index`` int32 or uint32, all read up to ``m``
