@@ -482,8 +482,8 @@ def _nearest(
 ) -> tuple[float, int]:
     """The ``take`` nearest of the candidates ``:m`` (squared distances ``values``) at most ``limit``, in storage order.
 
-    ``take = min(k, admissible)``; ties at the ``take``-th value are broken by storage order. One branch-free
-    compaction (:func:`_compact_neighbours`; ``values`` is written eight past ``m``) of the candidates up to the top
+    ``take = min(k, admissible)``; ties at the ``take``-th value are broken by storage order. One compaction
+    (:func:`_compact_neighbours`; ``values`` is written eight past ``m``) of the candidates up to the top
     of the :func:`_bracket` writes their indices to ``out_index``, their squared distances to ``values[:take]`` and
     their offsets from ``query`` to ``out_offsets``: exactly ``take`` of them as a rule. Else (ties) the
     ``take``-th value is selected among them and the excess dropped.

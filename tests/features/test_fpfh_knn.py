@@ -310,6 +310,46 @@ def test_byte_histograms_equal_bincount() -> None:
             np.testing.assert_array_equal(histogram, expected)
 
 
+def test_nearest_keeps_the_first_ties_with_their_indices_and_offsets() -> None:
+    # The selection with ties at the take-th value (the compaction then keeps more than take): the values below it and
+    # the first ties in storage order stay, each with its own index and offsets, in order.
+    from numba import njit
+
+    from anomalib_btm.features.fpfh_knn import _nearest
+
+    @njit(cache=False)
+    def nearest(
+        values: np.ndarray, m: int, k: int, index: np.ndarray, points: np.ndarray, query: np.ndarray
+    ) -> tuple[float, int, np.ndarray, np.ndarray]:
+        scratch = np.empty(m, np.float32)
+        out_index = np.full(m + 8, -7, np.int32)
+        out_offsets = np.full((3, m + 8), np.float32(7.0))
+        kth, take = _nearest(values, m, k, 1e9, 0.0, scratch, index, points, (query[0], query[1], query[2]),
+                             out_index, out_offsets)  # fmt: skip
+        return kth, take, out_index, out_offsets
+
+    rng = np.random.default_rng(8)
+    query = rng.random(3).astype(np.float32)
+    for m, k in ((60, 10), (61, 30), (200, 100), (9, 9)):
+        values = np.full(m + 8, np.nan, np.float32)
+        values[:m] = rng.integers(0, 12, m).astype(np.float32)  # many ties at every value
+        index = rng.permutation(5000)[: m + 8].astype(np.int32)
+        points = rng.random((3, m + 8)).astype(np.float32)
+        kth_value = np.sort(values[:m])[k - 1]
+        below = np.flatnonzero(values[:m] < kth_value)
+        ties = np.flatnonzero(values[:m] == kth_value)[: k - below.size]
+        kept = np.sort(np.concatenate([below, ties]))
+        selected = values.copy()
+        kth, take, out_index, out_offsets = nearest(selected, m, k, index, points, query)
+        assert take == k
+        assert kth >= kth_value  # a bound at least the take-th value, below what is left out (ties: the value itself)
+        left_out = np.setdiff1d(np.arange(m), kept)
+        assert (values[left_out] > kth).all() or (kth == kth_value and (values[left_out] >= kth).all())
+        np.testing.assert_array_equal(selected[:take], values[kept])
+        np.testing.assert_array_equal(out_index[:take], index[kept])
+        np.testing.assert_array_equal(out_offsets[:, :take], points[:, kept] - query[:, None])
+
+
 @pytest.mark.parametrize("avx2", [None, False])
 def test_compact_neighbours_equals_numpy(avx2: bool | None, monkeypatch: pytest.MonkeyPatch) -> None:
     # The selection's compaction (LLVM IR): eight comparisons as a mask, whose left-packed lanes permute the values,
